@@ -1,0 +1,51 @@
+"""Backbone adapters, one module per HF family, registered by `config.model_type`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+
+from . import llava  # noqa: F401  (registers the adapter)
+from .base import (
+    DEFAULT_INSTRUCTION,
+    Backbone,
+    UnsupportedModelError,
+    adapter_for,
+    list_backbones,
+    register_backbone,
+)
+
+__all__ = [
+    "DEFAULT_INSTRUCTION",
+    "Backbone",
+    "UnsupportedModelError",
+    "adapter_for",
+    "list_backbones",
+    "load_backbone",
+    "register_backbone",
+]
+
+
+def load_backbone(
+    model_or_id: PreTrainedModel | str | Path,
+    processor: ProcessorMixin | None = None,
+    instruction: str = DEFAULT_INSTRUCTION,
+    **from_pretrained_kwargs: Any,
+) -> Backbone:
+    """A Backbone for a model object, a hub id or a local path.
+
+    With an id or a path, the model is loaded with `AutoModelForImageTextToText.from_pretrained(id,
+    **from_pretrained_kwargs)` (e.g. dtype=torch.bfloat16, device_map="auto") and the processor with
+    `AutoProcessor.from_pretrained(id)`. SDPA is used where the model supports it, eager otherwise.
+    """
+    if isinstance(model_or_id, (str, Path)):
+        model = AutoModelForImageTextToText.from_pretrained(model_or_id, **from_pretrained_kwargs)
+        model.requires_grad_(False)
+        processor = processor or AutoProcessor.from_pretrained(model_or_id)
+    else:
+        model = model_or_id
+        if processor is None:
+            raise ValueError("Pass the model's processor along with a model object: load_backbone(model, processor).")
+    return adapter_for(model.config.model_type)(model, processor, instruction=instruction)

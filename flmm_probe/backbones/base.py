@@ -1,0 +1,235 @@
+"""The Backbone: one frozen HF model + its processor -> AttentionRecords.
+
+A family adapter subclasses `Backbone`, registers itself for its `config.model_type`s and implements
+`layout`: which sequence positions are image tokens and how they tile the image. Prompting, phrase
+lookup, the probe and pooling are shared here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
+
+from ..layout import Layout
+from ..phrases import PhraseLike, Span, pool, resolve_spans, span_tokens
+from ..probe import AttentionProbe
+from ..record import AttentionRecord
+
+# PAPER.md step 1: the text to ground is the assistant's answer to this instruction.
+DEFAULT_INSTRUCTION = "Please give me a description of the image."
+
+ImageLike = Image.Image | np.ndarray | str | Path
+
+_REGISTRY: dict[str, type[Backbone]] = {}
+
+
+class UnsupportedModelError(ValueError):
+    """No adapter is registered for the model's config.model_type."""
+
+
+def register_backbone(*model_types: str) -> Callable[[type[Backbone]], type[Backbone]]:
+    """Class decorator: make an adapter the one `load_backbone` uses for these `config.model_type`s."""
+
+    def decorator(cls: type[Backbone]) -> type[Backbone]:
+        for model_type in model_types:
+            if model_type in _REGISTRY:
+                raise ValueError(f"model_type {model_type!r} already has the adapter {_REGISTRY[model_type].__name__}.")
+            _REGISTRY[model_type] = cls
+        return cls
+
+    return decorator
+
+
+def list_backbones() -> list[str]:
+    """The supported `config.model_type`s."""
+    return sorted(_REGISTRY)
+
+
+def adapter_for(model_type: str) -> type[Backbone]:
+    """The adapter class registered for `model_type`."""
+    if model_type not in _REGISTRY:
+        raise UnsupportedModelError(
+            f"No backbone adapter for model_type {model_type!r}. Supported: {', '.join(list_backbones())}. "
+            "To add one, write flmm_probe/backbones/<family>.py with a Backbone subclass decorated with "
+            f"@register_backbone({model_type!r}) that implements layout(), import it in "
+            "flmm_probe/backbones/__init__.py, and test it against eager attention like tests/test_backbones.py."
+        )
+    return _REGISTRY[model_type]
+
+
+def load_image(image: ImageLike) -> Image.Image:
+    """An RGB PIL image from a PIL image, an HxWx3 uint8 array or a file path."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"Expected an HxWx3 uint8 array, got {image.shape} {image.dtype}.")
+        return Image.fromarray(image)
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    raise TypeError(f"Expected a PIL image, an HxWx3 uint8 array or a path, got {type(image).__name__}.")
+
+
+@dataclass
+class Prepared:
+    """A processed batch: model inputs, per sample its layout, phrase spans and phrase token indices."""
+
+    inputs: BatchFeature
+    layouts: list[Layout]
+    spans: list[list[Span]]
+    tokens: list[list[torch.Tensor]]  # per sample, per phrase: (n_tokens,) sequence positions
+
+
+class Backbone:
+    """A frozen HF multimodal model and its processor, ready to record word-to-patch attention.
+
+    Subclasses implement `layout`. The text is appended to the chat template's generation prompt for
+    `instruction` (the user turn holds the image), so it is read as the assistant's answer.
+    """
+
+    # What the processor appends after the text, if anything (it is not part of any phrase).
+    text_suffix: str = ""
+
+    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, instruction: str = DEFAULT_INSTRUCTION):
+        self.model = model.eval()
+        self.processor = processor
+        self.instruction = instruction
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    # ---- family-specific -------------------------------------------------------------------------
+
+    def layout(self, inputs: BatchFeature, index: int, image_size: tuple[int, int]) -> Layout:
+        """The image-token layout of sample `index` of a processed batch (original image (height, width))."""
+        raise NotImplementedError
+
+    def prompt(self) -> str:
+        """The prompt that precedes the text: user turn with the image and the instruction."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.instruction}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def model_inputs(self, inputs: BatchFeature) -> dict[str, Any]:
+        """The keyword arguments of the model's forward, from the processor's output."""
+        return {k: v for k, v in inputs.items() if k != "offset_mapping"}
+
+    def text_start(self, inputs: BatchFeature, index: int, text: str) -> int:
+        """Index of the text's first character in the processed prompt of sample `index`.
+
+        The text ends the prompt (plus `text_suffix`), so it is found from the last token's end offset.
+        """
+        return int(inputs["offset_mapping"][index, :, 1].max()) - len(self.text_suffix) - len(text)
+
+    # ---- shared ----------------------------------------------------------------------------------
+
+    def prepare(self, images: Sequence[ImageLike], texts: Sequence[str], phrases: Sequence[Sequence[PhraseLike]]) -> Prepared:
+        """Process a batch and locate image tokens and phrase tokens."""
+        pil = [load_image(image) for image in images]
+        texts = [_check_text(text) for text in texts]
+        spans = [resolve_spans(text, p) for text, p in zip(texts, phrases)]
+        prompt = self.prompt()
+        inputs = self.processor(
+            images=pil,
+            text=[prompt + text for text in texts],
+            padding=True,
+            return_offsets_mapping=True,
+            return_tensors="pt",
+        )
+        layouts, tokens = [], []
+        for i, (image, text) in enumerate(zip(pil, texts)):
+            layouts.append(self.layout(inputs, i, (image.height, image.width)))
+            tokens.append(span_tokens(inputs["offset_mapping"][i], self.text_start(inputs, i, text), spans[i], text))
+        return Prepared(inputs, layouts, spans, tokens)
+
+    @torch.no_grad()
+    def record_batch(
+        self,
+        samples: Iterable[tuple[ImageLike, str, Sequence[PhraseLike]]],
+        batch_size: int = 1,
+        pooling: str = "mean",
+        hidden_states: bool = True,
+        progress: bool = False,
+    ) -> list[AttentionRecord]:
+        """Record many (image, text, phrases) samples, `batch_size` at a time (padded batches)."""
+        samples = list(samples)
+        records: list[AttentionRecord] = []
+        for first in tqdm(range(0, len(samples), batch_size), disable=not progress, desc="record", unit="batch"):
+            chunk = samples[first : first + batch_size]
+            images, texts, phrases = zip(*chunk)
+            records.extend(self._record_prepared(self.prepare(images, texts, phrases), texts, phrases, pooling, hidden_states))
+        return records
+
+    def record(
+        self, image: ImageLike, text: str, phrases: Sequence[PhraseLike], pooling: str = "mean", hidden_states: bool = True
+    ) -> AttentionRecord:
+        """Record one image and one text; `phrases` are strings or (start, end) char spans of `text`."""
+        return self.record_batch([(image, text, phrases)], pooling=pooling, hidden_states=hidden_states)[0]
+
+    def _record_prepared(
+        self, prep: Prepared, texts: Sequence[str], phrases: Sequence[Sequence[PhraseLike]], pooling: str, hidden_states: bool
+    ) -> list[AttentionRecord]:
+        queries = [torch.cat(t).unique() for t in prep.tokens]  # sorted, per sample
+        keys = [layout.key_positions for layout in prep.layouts]
+        with AttentionProbe(self.model, _pad_rows(queries), _pad_rows(keys)) as probe:
+            inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.model_inputs(prep.inputs).items()}
+            outputs = self.model(**inputs, use_cache=False, output_hidden_states=hidden_states)
+        records = []
+        for i, layout in enumerate(prep.layouts):
+            weights = probe.weights[i, :, :, : len(queries[i]), : len(keys[i])]  # (layer, head, query, key)
+            groups = [torch.searchsorted(queries[i], t) for t in prep.tokens[i]]
+            merged = pool(weights, groups, pooling)  # (phrase, layer, head, key)
+            maps = {kind: m.cpu() for kind, m in layout.to_image(merged).items()}
+            hidden = []
+            if hidden_states:
+                layers = torch.stack(outputs.hidden_states[1:], dim=2)[i]  # (T, layer, dim)
+                hidden = [layers[t.to(layers.device)].cpu() for t in prep.tokens[i]]
+            records.append(
+                AttentionRecord(
+                    text=texts[i],
+                    phrases=[texts[i][s:e] for s, e in prep.spans[i]],
+                    spans=prep.spans[i],
+                    maps=maps,
+                    image_size=layout.image_size,
+                    hidden=hidden,
+                    meta={
+                        "model": getattr(self.model.config, "_name_or_path", ""),
+                        "model_type": self.model.config.model_type,
+                        "pooling": pooling,
+                        "instruction": self.instruction,
+                    },
+                )
+            )
+        return records
+
+
+def _check_text(text: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("The text must be a non-empty string.")
+    if text != text.rstrip():
+        raise ValueError("The text must not end with whitespace (its position is found from its end); strip it.")
+    return text
+
+
+def _pad_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack ragged 1-D LongTensors into (batch, n), padding by repeating each row's first entry."""
+    width = max(len(r) for r in rows)
+    return torch.stack([torch.cat([r, r[:1].expand(width - len(r))]) for r in rows])
+
+
+def image_positions(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
+    """(n,) sequence positions of `token_id` in one row of input_ids."""
+    return torch.nonzero(input_ids == token_id).flatten()

@@ -1,0 +1,95 @@
+"""Phrases: from strings or char spans of a text to the token indices that carry them.
+
+The text is fed as the assistant's answer after the chat template's instruction, so its characters sit
+at the end of the processed prompt; the fast tokenizer's offset mapping says which tokens cover which
+characters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+Span = tuple[int, int]
+PhraseLike = str | Span
+
+
+class PhraseError(ValueError):
+    """A phrase cannot be located in the text or in its tokens; the message names it."""
+
+
+def resolve_spans(text: str, phrases: Sequence[PhraseLike]) -> list[Span]:
+    """Char spans (start, end) of `phrases` in `text`.
+
+    A phrase is a string or a (start, end) span. A string is looked up from the end of the previous
+    phrase's match (so repeated words resolve in reading order), and from the start of the text if it
+    does not occur after it. Raises PhraseError for an empty phrase, a string not in the text, a span
+    out of range, or two phrases that overlap.
+    """
+    if not phrases:
+        raise PhraseError("No phrases given: pass at least one phrase string or (start, end) char span.")
+    spans: list[Span] = []
+    cursor = 0
+    for phrase in phrases:
+        if isinstance(phrase, str):
+            if not phrase.strip():
+                raise PhraseError(f"Empty phrase {phrase!r}: every phrase needs at least one visible character.")
+            start = text.find(phrase, cursor)
+            if start < 0:
+                start = text.find(phrase)
+            if start < 0:
+                raise PhraseError(f"Phrase {phrase!r} is not in the text {text!r}.")
+            span = (start, start + len(phrase))
+        else:
+            start, end = (int(x) for x in phrase)
+            if not 0 <= start < end <= len(text):
+                raise PhraseError(f"Span {phrase} is empty or outside the text (length {len(text)}).")
+            if not text[start:end].strip():
+                raise PhraseError(f"Span {phrase} covers only whitespace: {text[start:end]!r}.")
+            span = (start, end)
+        spans.append(span)
+        cursor = span[1]
+    ordered = sorted(range(len(spans)), key=lambda i: spans[i])
+    for a, b in zip(ordered, ordered[1:]):
+        if spans[b][0] < spans[a][1]:
+            raise PhraseError(
+                f"Phrases {text[slice(*spans[a])]!r} {spans[a]} and {text[slice(*spans[b])]!r} {spans[b]} overlap; "
+                "give non-overlapping phrases."
+            )
+    return spans
+
+
+def span_tokens(offsets: torch.Tensor, text_start: int, spans: Sequence[Span], text: str) -> list[torch.Tensor]:
+    """Token indices covering each char span.
+
+    offsets: (T, 2) char offsets of each token in the processed prompt ((0, 0) for special/pad tokens).
+    text_start: index in the processed prompt of the text's first character.
+    Returns one (n_tokens,) LongTensor per span: every token whose characters intersect the span.
+    Raises PhraseError if a span covers no token (the tokenizer dropped it).
+    """
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    real = ends > starts
+    indices = []
+    for start, end in spans:
+        hit = real & (starts < text_start + end) & (ends > text_start + start)
+        tokens = torch.nonzero(hit).flatten()
+        if tokens.numel() == 0:
+            raise PhraseError(f"Phrase {text[start:end]!r} maps to no token: the tokenizer dropped its characters.")
+        indices.append(tokens)
+    return indices
+
+
+def pool(maps: torch.Tensor, token_groups: Sequence[torch.Tensor], mode: str = "mean") -> torch.Tensor:
+    """Merge the token rows of each phrase.
+
+    maps: (..., query, key); token_groups: per phrase, indices into the query dim.
+    Returns (phrase, ..., key), merged by "mean" (the paper's default) or "max".
+    """
+    if mode not in ("mean", "max"):
+        raise ValueError(f"pooling must be 'mean' or 'max', got {mode!r}.")
+    merged = []
+    for group in token_groups:
+        rows = maps.index_select(-2, group.to(maps.device))
+        merged.append(rows.mean(-2) if mode == "mean" else rows.amax(-2))
+    return torch.stack(merged)

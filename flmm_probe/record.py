@@ -1,0 +1,99 @@
+"""AttentionRecord: what the probe saw for one image and one text, per phrase."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .phrases import Span
+
+
+@dataclass
+class AttentionRecord:
+    """Word-to-patch attention of one sample, merged per phrase.
+
+    text: the text fed as the assistant's answer; phrases: the phrase strings; spans: their char spans.
+    maps: {view kind: (phrase, layer, head, y, x) float32}, image-space canvases (see Layout.to_image),
+        "global" always, "tiles" for any-resolution backbones.
+    hidden: per phrase, (token, layer, dim) hidden states of its tokens after each decoder layer, or
+        empty when hidden states were not asked for.
+    image_size: (height, width) of the original image, pixels.
+    meta: model id, model_type, pooling and other provenance, JSON-serialisable.
+    """
+
+    text: str
+    phrases: list[str]
+    spans: list[Span]
+    maps: dict[str, torch.Tensor]
+    image_size: tuple[int, int]
+    hidden: list[torch.Tensor] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return self.maps["global"].shape[1]
+
+    @property
+    def num_heads(self) -> int:
+        return self.maps["global"].shape[2]
+
+    def fused(self, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(phrase, layer, head, y, x): all view kinds resized to `size` (default: the finest) and averaged."""
+        size = size or max((m.shape[-2:] for m in self.maps.values()), key=lambda s: s[0] * s[1])
+        return torch.stack([_resize(m, size) for m in self.maps.values()]).mean(0)
+
+    def stacked(self, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(phrase, kind*layer*head, y, x): every kind's maps as channels, the decoder's input (PAPER.md step 7)."""
+        size = size or max((m.shape[-2:] for m in self.maps.values()), key=lambda s: s[0] * s[1])
+        return torch.cat([_resize(m, size).flatten(1, 2) for m in self.maps.values()], dim=1)
+
+    def save(self, path: str | Path) -> None:
+        """Write the record to one safetensors file (tensors + JSON metadata in its header)."""
+        tensors = {f"maps.{kind}": m.contiguous() for kind, m in self.maps.items()}
+        tensors.update({f"hidden.{i}": h.contiguous() for i, h in enumerate(self.hidden)})
+        header = {
+            "text": self.text,
+            "phrases": self.phrases,
+            "spans": self.spans,
+            "image_size": list(self.image_size),
+            "kinds": list(self.maps),
+            "meta": self.meta,
+        }
+        save_file(tensors, str(path), metadata={"flmm_probe.record": json.dumps(header)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> AttentionRecord:
+        """Read a record written by `save`."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("flmm_probe.record")
+        if raw is None:
+            raise ValueError(f"{path} is not an AttentionRecord file (no flmm_probe.record metadata).")
+        header = json.loads(raw)
+        tensors = load_file(str(path))
+        hidden = [tensors[f"hidden.{i}"] for i in range(len(header["phrases"])) if f"hidden.{i}" in tensors]
+        return cls(
+            text=header["text"],
+            phrases=header["phrases"],
+            spans=[tuple(s) for s in header["spans"]],
+            maps={kind: tensors[f"maps.{kind}"] for kind in header["kinds"]},
+            image_size=tuple(header["image_size"]),
+            hidden=hidden,
+            meta=header["meta"],
+        )
+
+
+def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(..., y, x) -> (..., *size), bilinear; a no-op at the same size."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    lead = maps.shape[:-2]
+    out = F.interpolate(maps.reshape(1, -1, *maps.shape[-2:]), size=size, mode="bilinear", align_corners=False)
+    return out.reshape(*lead, *size)

@@ -1,0 +1,43 @@
+"""LLaVA-1.5: probe exactness against eager, and the layout of its single view (crop and pad)."""
+
+import pytest
+import torch
+
+from flmm_probe import load_backbone
+
+from checks import check_backbone_against_eager, check_planted, local_vision
+from tiny import image, tiny_llava
+
+SAMPLES = [
+    (image(40, 60, seed=1), "a red circle left of the blue square", ["red circle", "the blue square"]),
+    (image(48, 32, seed=2), "two green crosses", ["two green crosses"]),
+]
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_llava_matches_eager_padded_batch(padding_side):
+    model, processor = tiny_llava()
+    processor.tokenizer.padding_side = padding_side
+    check_backbone_against_eager(load_backbone(model, processor), SAMPLES)
+
+
+def test_llava_matches_eager_single():
+    model, processor = tiny_llava()
+    check_backbone_against_eager(load_backbone(model, processor), SAMPLES[:1])
+
+
+@pytest.mark.parametrize("pad", [False, True])
+@pytest.mark.parametrize("size,box", [((64, 96), (40, 8, 56, 24)), ((96, 64), (8, 56, 24, 72))])
+def test_llava_planted_patch_lands_in_place(pad, size, box):
+    model, processor = tiny_llava(image_size=32, patch=8, pad=pad)
+    local_vision(model, lambda name: "vision_tower" in name)
+    check_planted(load_backbone(model, processor), size, box)
+
+
+def test_llava_record_shapes():
+    model, processor = tiny_llava()
+    record = load_backbone(model, processor).record(*SAMPLES[0])
+    assert record.phrases == ["red circle", "the blue square"]
+    assert record.maps["global"].shape == (2, 3, 4, 4, 6)  # 40x60 centre-cropped to 40x40 -> 4x4 of a 4x6 canvas
+    assert torch.all(record.maps["global"][..., [0, -1]] == 0)  # columns outside the crop
+    assert [h.shape for h in record.hidden] == [(2, 3, 64), (3, 3, 64)]

@@ -1,0 +1,84 @@
+"""Tiny random models and processors built offline from the real transformers classes, for the tests."""
+
+from __future__ import annotations
+
+import string
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+
+WORDS = (
+    "a an the of and in on to is with left right above below red green blue yellow big small circle square "
+    "triangle cross diamond two three cat dog sky grass floor picture image please give me description "
+    "user assistant what colour shape"
+).split()
+SIMPLE_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %} {% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT: {% endif %}"
+)
+
+
+def make_tokenizer(special: list[str], bos: str | None = "<s>", extra_words: list[str] = ()) -> PreTrainedTokenizerFast:
+    """A WordLevel fast tokenizer over a small vocabulary, with the given special tokens.
+
+    Words are split on whitespace and punctuation, so offset mappings are exact. With `bos`, a
+    post-processor prepends it as real tokenizers do.
+    """
+    base = ["<pad>", "<unk>", "<s>", "</s>"]
+    vocab_list = base + [t for t in special if t not in base] + list(dict.fromkeys(WORDS + list(extra_words)))
+    vocab_list += [c for c in string.punctuation + string.digits if c not in vocab_list]
+    vocab = {w: i for i, w in enumerate(vocab_list)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    if bos is not None:
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, vocab[bos])])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        additional_special_tokens=[t for t in special if t not in base],
+    )
+    return fast
+
+
+def image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A random HxWx3 uint8 image."""
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def tiny_llava(image_size: int = 32, patch: int = 8, layers: int = 3, pad: bool = False):
+    """(model, processor): LLaVA-1.5 with a 2-layer CLIP tower and a GQA Llama, random weights."""
+    torch.manual_seed(0)
+    tokenizer = make_tokenizer(["<image>"])
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=image_size, patch_size=patch
+    )
+    text = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default", vision_feature_layer=-1,
+    )
+    model = LlavaForConditionalGeneration(config).eval()
+    if pad:
+        from transformers import LlavaImageProcessor
+
+        image_processor = LlavaImageProcessor(size={"shortest_edge": image_size}, crop_size=image_size, do_pad=True)
+    else:
+        image_processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=image_size)
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=SIMPLE_TEMPLATE,
+    )
+    return model, processor
