@@ -9,6 +9,7 @@ canvas per kind. Everything downstream works on those canvases and never needs t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -71,9 +72,9 @@ class Layout:
         """Paint per-token maps into image space, one canvas per view kind.
 
         maps: (..., n_key), columns ordered as `key_positions`.
-        Returns {kind: (..., Y, X)}. Each canvas cell takes the bilinear sample of the view(s) whose box
-        contains the cell centre (exact when the canvas and a view share their grid, as for a single
-        view); cells that no view covers (a centre crop) are 0.
+        Returns {kind: (..., Y, X)}. A view whose cells coincide with canvas cells (a single view, stitched
+        tiles) is pasted exactly; any other view is sampled bilinearly at the cell centres inside its box.
+        Where views overlap they are averaged; cells that no view covers (a centre crop) are 0.
         """
         lead = maps.shape[:-1]
         flat = maps.reshape(-1, maps.shape[-1]).float()
@@ -91,18 +92,56 @@ class Layout:
                 h, w = view.grid
                 n = h * w
                 if view.kind == kind:
-                    x0, y0, x1, y1 = view.box
-                    u = (cx - x0) / (x1 - x0)  # 0..1 inside the box
-                    v = (cy - y0) / (y1 - y0)
-                    inside = ((v >= 0) & (v < 1))[:, None] & ((u >= 0) & (u < 1))[None, :]
-                    grid = torch.stack(torch.broadcast_tensors(u[None, :] * 2 - 1, v[:, None] * 2 - 1), dim=-1)
-                    grid_map = flat[:, start : start + n].reshape(1, -1, h, w)
-                    sampled = F.grid_sample(grid_map, grid[None], mode="bilinear", padding_mode="border", align_corners=False)
-                    total += sampled[0] * inside
-                    count += inside
+                    view_map = flat[:, start : start + n].reshape(-1, h, w)
+                    offset = _grid_offset(view, rows, cols, height, width)
+                    if offset is not None:
+                        _paste(total, count, view_map, *offset)
+                    else:
+                        _sample(total, count, view_map, view.box, cy, cx)
                 start += n
             canvases[kind] = (total / count.clamp(min=1)).reshape(*lead, rows, cols)
         return canvases
+
+
+def _grid_offset(view: View, rows: int, cols: int, height: int, width: int) -> tuple[int, int] | None:
+    """(row, col) of the view's first cell on the canvas if its cells coincide with canvas cells, else None."""
+    x0, y0, x1, y1 = view.box
+    cell_h, cell_w = height / rows, width / cols
+    h, w = view.grid
+    same_size = math.isclose((y1 - y0) / h, cell_h, rel_tol=1e-6) and math.isclose((x1 - x0) / w, cell_w, rel_tol=1e-6)
+    row, col = y0 / cell_h, x0 / cell_w
+    if same_size and math.isclose(row, round(row), abs_tol=1e-6) and math.isclose(col, round(col), abs_tol=1e-6):
+        return round(row), round(col)
+    return None
+
+
+def _paste(total: torch.Tensor, count: torch.Tensor, view_map: torch.Tensor, row: int, col: int) -> None:
+    """Add an aligned view (c, h, w) into the canvas (c, Y, X) at (row, col), clipped to the canvas."""
+    h, w = view_map.shape[-2:]
+    rows, cols = count.shape
+    r0, r1, c0, c1 = max(row, 0), min(row + h, rows), max(col, 0), min(col + w, cols)
+    if r0 < r1 and c0 < c1:
+        total[:, r0:r1, c0:c1] += view_map[:, r0 - row : r1 - row, c0 - col : c1 - col]
+        count[r0:r1, c0:c1] += 1
+
+
+def _sample(
+    total: torch.Tensor,
+    count: torch.Tensor,
+    view_map: torch.Tensor,
+    box: tuple[float, float, float, float],
+    cy: torch.Tensor,
+    cx: torch.Tensor,
+) -> None:
+    """Add a view (c, h, w) resampled bilinearly at the canvas cell centres (cy, cx pixels) inside its box."""
+    x0, y0, x1, y1 = box
+    u = (cx - x0) / (x1 - x0)  # 0..1 inside the box
+    v = (cy - y0) / (y1 - y0)
+    inside = ((v >= 0) & (v < 1))[:, None] & ((u >= 0) & (u < 1))[None, :]
+    grid = torch.stack(torch.broadcast_tensors(u[None, :] * 2 - 1, v[:, None] * 2 - 1), dim=-1)
+    sampled = F.grid_sample(view_map[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)
+    total += sampled[0] * inside
+    count += inside
 
 
 def square_box(image_size: tuple[int, int], pad: bool) -> tuple[float, float, float, float]:
