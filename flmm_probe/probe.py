@@ -5,7 +5,7 @@ registered with transformers' `AttentionInterface`. That function returns exactl
 implementation (SDPA, or eager where the model refuses SDPA) returns, so the logits do not change by a
 bit, and for the few query rows the caller asks for (the phrase tokens) it also computes
 
-    softmax(q k^T * scaling + mask)   over ALL keys, in float32,
+    softmax(q k^T * scaling + mask)   over ALL keys, in float32 (as eager does its softmax),
 
 keeps the asked-for key columns (the image tokens) and writes them into a preallocated buffer. The full
 (T x T) attention matrix is never materialised, unlike eager + `output_attentions=True`.
@@ -122,6 +122,16 @@ def _config_implementations(model: PreTrainedModel) -> dict[int, tuple[Any, str 
     return {i: (c, c._attn_implementation_internal) for i, c in configs.items()}
 
 
+def _common_run(positions: torch.Tensor) -> slice | None:
+    """slice(start, start + n) if every row of (batch, n) positions is that same run, else None.
+
+    Image tokens usually form one run at the same place in every row; a slice then replaces a gather.
+    """
+    start = int(positions[0, 0])
+    run = torch.arange(start, start + positions.shape[1], device=positions.device)
+    return slice(start, start + positions.shape[1]) if bool((positions == run).all()) else None
+
+
 class AttentionProbe:
     """Record attention weights from chosen query positions to chosen key positions, every text layer.
 
@@ -154,6 +164,7 @@ class AttentionProbe:
         n_heads = text_config.num_attention_heads
         self.weights = torch.zeros(batch, len(self.layers), n_heads, n_query, key_positions.shape[1], device=device)
         self.recorded = torch.zeros(len(self.layers), dtype=torch.bool)
+        self._key_slice = _common_run(self.key_positions)
         self._saved: dict[int, tuple[Any, str | None]] = {}
 
     def __enter__(self) -> AttentionProbe:
@@ -219,9 +230,12 @@ class AttentionProbe:
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
         scores = scores + self._mask_rows(module, attention_mask, is_causal, q_len, batch)
-        log_norm = torch.logsumexp(scores, dim=-1, keepdim=True)  # (batch, head, query, 1)
-        columns = self.key_positions[:, None, None, :].expand(batch, n_heads, n_query, -1)
-        self.weights[:, layer] = (scores.gather(-1, columns) - log_norm).exp()
+        weights = torch.softmax(scores, dim=-1)  # (batch, head, query, S): denominators over all keys
+        if self._key_slice is not None:
+            self.weights[:, layer] = weights[..., self._key_slice]
+        else:
+            columns = self.key_positions[:, None, None, :].expand(batch, n_heads, n_query, -1)
+            self.weights[:, layer] = weights.gather(-1, columns)
         self.recorded[layer] = True
 
     def _mask_rows(
