@@ -1,0 +1,90 @@
+"""Map metrics on hand-made maps and masks, and AUROC against scipy's Mann-Whitney U."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import mannwhitneyu
+
+from flmm_probe.metrics import (
+    auroc,
+    best_threshold_iou,
+    mask_to_grid,
+    mass_in_mask,
+    pointing_game,
+    spatial_entropy,
+    topk_iou,
+)
+
+
+def square_mask(size=8, box=(2, 2, 5, 5)):
+    mask = torch.zeros(size, size)
+    x0, y0, x1, y1 = box
+    mask[y0:y1, x0:x1] = 1
+    return mask
+
+
+def test_delta_inside_and_outside():
+    cover = square_mask()
+    inside, outside = torch.zeros(8, 8), torch.zeros(8, 8)
+    inside[3, 3] = 1
+    outside[7, 0] = 1
+    maps = torch.stack([inside, outside])
+    assert pointing_game(maps, cover).tolist() == [True, False]
+    assert mass_in_mask(maps, cover).tolist() == [1.0, 0.0]
+    assert spatial_entropy(inside).item() == pytest.approx(0.0)
+
+
+def test_uniform_map():
+    cover = square_mask()
+    uniform = torch.ones(8, 8)
+    assert mass_in_mask(uniform, cover).item() == pytest.approx(9 / 64)
+    assert auroc(uniform, cover).item() == pytest.approx(0.5)  # all ties
+    assert spatial_entropy(uniform).item() == pytest.approx(1.0)
+    assert best_threshold_iou(uniform, cover).item() == pytest.approx(9 / 64)  # best: take every cell
+
+
+def test_map_on_the_boundary_and_perfect_map():
+    cover = square_mask()
+    ring = torch.zeros(8, 8)
+    ring[1, 1:6] = 1  # the row just above the mask
+    assert not pointing_game(ring, cover).item()
+    assert auroc(ring, cover).item() < 0.5
+    assert best_threshold_iou(cover, cover).item() == 1.0
+    assert topk_iou(cover + 0.01 * torch.rand(8, 8), cover).item() == 1.0
+    assert topk_iou(cover, cover, fraction=18 / 64).item() == pytest.approx(0.5)
+
+
+def test_auroc_equals_mann_whitney_with_ties():
+    rng = np.random.default_rng(0)
+    maps = rng.integers(0, 5, (20, 6, 6)).astype(np.float32)  # many ties
+    cover = (rng.random((20, 6, 6)) > 0.7).astype(np.float32)
+    ours = auroc(torch.from_numpy(maps), torch.from_numpy(cover)).numpy()
+    for m, c, a in zip(maps, cover, ours):
+        inside, outside = m[c >= 0.5], m[c < 0.5]
+        u = mannwhitneyu(inside, outside).statistic
+        assert a == pytest.approx(u / (len(inside) * len(outside)), abs=1e-6)
+
+
+def test_mask_to_grid_is_area_coverage():
+    mask = np.zeros((16, 16), bool)
+    mask[:4, :6] = True
+    grid = mask_to_grid(mask, (4, 4))
+    assert grid[0].tolist() == [1.0, 0.5, 0.0, 0.0]
+    assert grid.sum().item() == pytest.approx(mask.sum() / 16)
+
+
+def test_small_object_pointing():
+    # An object smaller than a cell: the best-covered cell counts as a hit.
+    cover = torch.zeros(4, 4)
+    cover[1, 2], cover[1, 1] = 0.3, 0.1
+    peak = torch.zeros(4, 4)
+    peak[1, 2] = 1
+    elsewhere = torch.zeros(4, 4)
+    elsewhere[1, 1] = 1
+    assert pointing_game(torch.stack([peak, elsewhere]), cover).tolist() == [True, False]
+
+
+def test_topk_iou_flat_map_is_chance():
+    cover = square_mask()  # 9 of 64 cells
+    expected_hits = 9 * 9 / 64
+    assert topk_iou(torch.ones(8, 8), cover).item() == pytest.approx(expected_hits / (18 - expected_hits))
