@@ -125,3 +125,44 @@ def spatial_entropy(maps: torch.Tensor) -> torch.Tensor:
     p = flat / flat.sum(-1, keepdim=True).clamp_min(torch.finfo(flat.dtype).tiny)
     entropy = -(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum(-1)
     return entropy / np.log(flat.shape[-1])
+
+
+# ---- segmentation metrics: RES (cIoU, gIoU, precision@IoU) and PNG average recall ---------------------
+
+PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+AR_STEP = 1e-5
+
+
+def intersection_union(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> tuple[int, int]:
+    """(intersection, union) pixel counts of two boolean (H, W) masks at the original image size."""
+    pred, target = torch.as_tensor(pred).bool(), torch.as_tensor(target).bool()
+    if pred.shape != target.shape:
+        raise ValueError(f"Prediction {tuple(pred.shape)} and mask {tuple(target.shape)} differ in size.")
+    return int((pred & target).sum()), int((pred | target).sum())
+
+
+def res_scores(intersections: np.ndarray, unions: np.ndarray) -> dict[str, float]:
+    """Referring-expression segmentation scores of a split from per-expression pixel counts.
+
+    cIoU = sum of intersections / sum of unions; gIoU = mean per-expression IoU (an empty prediction of an
+    empty mask scores 1); P@t = share of expressions with IoU >= t.
+    """
+    intersections, unions = np.asarray(intersections, float), np.asarray(unions, float)
+    iou = np.where(unions > 0, intersections / np.maximum(unions, 1), 1.0)
+    scores = {"cIoU": float(intersections.sum() / max(unions.sum(), 1)), "gIoU": float(iou.mean())}
+    scores.update({f"P@{t:.1f}": float((iou >= t).mean()) for t in PRECISION_THRESHOLDS})
+    return scores
+
+
+def average_recall(iou: np.ndarray, step: float = AR_STEP) -> float:
+    """PNG average recall: the area under recall(IoU >= t) for t in [0, 1), as the reference sums it.
+
+    The reference adds step * recall(t_i) for t_i = 0, step, ..., 1 - 2*step (a left Riemann sum). Each
+    phrase then contributes step * (number of t_i <= its IoU), computed here in closed form.
+    """
+    iou = np.asarray(iou, float)
+    if iou.size == 0:
+        return float("nan")
+    n_thresholds = round(1 / step) - 1
+    counted = np.minimum(np.floor(iou / step + 1e-9) + 1, n_thresholds)
+    return float((step * counted).mean())

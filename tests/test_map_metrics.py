@@ -88,3 +88,29 @@ def test_topk_iou_flat_map_is_chance():
     cover = square_mask()  # 9 of 64 cells
     expected_hits = 9 * 9 / 64
     assert topk_iou(torch.ones(8, 8), cover).item() == pytest.approx(expected_hits / (18 - expected_hits))
+
+
+def test_res_scores_by_hand():
+    from flmm_probe.metrics import intersection_union, res_scores
+
+    pred = np.zeros((4, 4), bool)
+    pred[:2, :2] = True
+    target = np.zeros((4, 4), bool)
+    target[:2, :] = True
+    assert intersection_union(pred, target) == (4, 8)
+    scores = res_scores([4, 3, 0], [8, 4, 5])
+    assert scores["cIoU"] == pytest.approx(7 / 17)
+    assert scores["gIoU"] == pytest.approx((0.5 + 0.75 + 0) / 3)
+    assert scores["P@0.5"] == pytest.approx(2 / 3) and scores["P@0.7"] == pytest.approx(1 / 3)
+    assert scores["P@0.8"] == 0
+
+
+def test_average_recall_matches_the_reference_sum():
+    from flmm_probe.metrics import average_recall
+
+    iou = np.array([0.0, 0.25, 0.5, 0.731, 1.0, 0.99999])
+    step = 1e-3  # the reference's loop at a coarser step, to keep the brute force fast
+    thresholds = np.arange(0, 1, step)[:-1]  # 0, step, ..., 1 - 2*step
+    brute = sum(step * (iou >= t).mean() for t in thresholds)
+    assert average_recall(iou, step) == pytest.approx(brute, abs=1e-9)
+    assert average_recall(np.array([1.0])) == pytest.approx(1 - 1e-5)
