@@ -142,8 +142,9 @@ class Backbone:
         texts = [_check_text(text) for text in texts]
         spans = [resolve_spans(text, p) for text, p in zip(texts, phrases)]
         prompt = self.prompt()
+        # One image per sample, nested: some processors (Gemma 3) read a flat list as one sample's images.
         inputs = self.processor(
-            images=pil,
+            images=[[image] for image in pil],
             text=[prompt + text for text in texts],
             padding=True,
             return_offsets_mapping=True,
