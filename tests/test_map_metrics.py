@@ -114,3 +114,18 @@ def test_average_recall_matches_the_reference_sum():
     brute = sum(step * (iou >= t).mean() for t in thresholds)
     assert average_recall(iou, step) == pytest.approx(brute, abs=1e-9)
     assert average_recall(np.array([1.0])) == pytest.approx(1 - 1e-5)
+
+
+def test_map_scores_broadcast_and_agree():
+    from flmm_probe.metrics import MAP_METRICS, map_scores
+
+    torch.manual_seed(0)
+    maps = torch.rand(3, 2, 4, 6, 6)  # (phrase, layer, head, y, x)
+    cover = (torch.rand(3, 1, 1, 6, 6) > 0.6).float()
+    scores = map_scores(maps, cover)
+    assert set(scores) == set(MAP_METRICS)
+    assert all(v.shape == (3, 2, 4) for v in scores.values())
+    assert torch.equal(scores["auroc"], auroc(maps, cover))
+    assert torch.equal(scores["pointing"], pointing_game(maps, cover).float())
+    # Negative values sort correctly too.
+    assert torch.allclose(auroc(maps - 0.5, cover), scores["auroc"])
