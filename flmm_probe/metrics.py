@@ -34,15 +34,17 @@ def _flat(maps: torch.Tensor, cover: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def pointing_game(maps: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
-    """Hit (bool, (...)) when the map's argmax cell is inside the mask.
+    """Hit rate in [0, 1], (...): is the map's argmax cell inside the mask?
 
-    For masks smaller than a cell, where no cell reaches 0.5 coverage, the argmax cell must hold at
-    least half the best cell's coverage.
+    Ties for the maximum are broken at random, in expectation (a flat map scores the share of inside
+    cells, not whatever cell comes first). For masks smaller than a cell, where no cell reaches 0.5
+    coverage, a cell counts when it holds at least half the best cell's coverage.
     """
     maps, cover = _flat(maps, cover)
-    at_peak = cover.gather(-1, maps.argmax(-1, keepdim=True)).squeeze(-1)
-    need = torch.clamp(cover.amax(-1) * 0.5, max=INSIDE)
-    return (at_peak >= need) & (at_peak > 0)
+    need = torch.clamp(cover.amax(-1, keepdim=True) * 0.5, max=INSIDE)
+    hit = (cover >= need) & (cover > 0)
+    peak = maps == maps.amax(-1, keepdim=True)
+    return (peak & hit).sum(-1) / peak.sum(-1)
 
 
 def mass_in_mask(maps: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
@@ -152,7 +154,7 @@ def map_scores(maps: torch.Tensor, cover: torch.Tensor) -> dict[str, torch.Tenso
     """Every map metric at once, sorting each map once: {name: (...)} for the names in MAP_METRICS."""
     ranked, lead = _ranked(maps, cover)
     scores = {
-        "pointing": pointing_game(maps, cover).float(),
+        "pointing": pointing_game(maps, cover),
         "mass_in_mask": mass_in_mask(maps, cover),
         "auroc": torch.from_numpy(ranked.auroc()).float().reshape(lead),
         "best_iou": torch.from_numpy(ranked.best_threshold_iou()).float().reshape(lead),

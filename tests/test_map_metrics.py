@@ -29,7 +29,7 @@ def test_delta_inside_and_outside():
     inside[3, 3] = 1
     outside[7, 0] = 1
     maps = torch.stack([inside, outside])
-    assert pointing_game(maps, cover).tolist() == [True, False]
+    assert pointing_game(maps, cover).tolist() == [1.0, 0.0]
     assert mass_in_mask(maps, cover).tolist() == [1.0, 0.0]
     assert spatial_entropy(inside).item() == pytest.approx(0.0)
 
@@ -38,6 +38,7 @@ def test_uniform_map():
     cover = square_mask()
     uniform = torch.ones(8, 8)
     assert mass_in_mask(uniform, cover).item() == pytest.approx(9 / 64)
+    assert pointing_game(uniform, cover).item() == pytest.approx(9 / 64)  # chance, ties broken at random
     assert auroc(uniform, cover).item() == pytest.approx(0.5)  # all ties
     assert spatial_entropy(uniform).item() == pytest.approx(1.0)
     assert best_threshold_iou(uniform, cover).item() == pytest.approx(9 / 64)  # best: take every cell
@@ -47,7 +48,7 @@ def test_map_on_the_boundary_and_perfect_map():
     cover = square_mask()
     ring = torch.zeros(8, 8)
     ring[1, 1:6] = 1  # the row just above the mask
-    assert not pointing_game(ring, cover).item()
+    assert pointing_game(ring, cover).item() == 0
     assert auroc(ring, cover).item() < 0.5
     assert best_threshold_iou(cover, cover).item() == 1.0
     assert topk_iou(cover + 0.01 * torch.rand(8, 8), cover).item() == 1.0
@@ -81,7 +82,7 @@ def test_small_object_pointing():
     peak[1, 2] = 1
     elsewhere = torch.zeros(4, 4)
     elsewhere[1, 1] = 1
-    assert pointing_game(torch.stack([peak, elsewhere]), cover).tolist() == [True, False]
+    assert pointing_game(torch.stack([peak, elsewhere]), cover).tolist() == [1.0, 0.0]
 
 
 def test_topk_iou_flat_map_is_chance():
@@ -126,6 +127,6 @@ def test_map_scores_broadcast_and_agree():
     assert set(scores) == set(MAP_METRICS)
     assert all(v.shape == (3, 2, 4) for v in scores.values())
     assert torch.equal(scores["auroc"], auroc(maps, cover))
-    assert torch.equal(scores["pointing"], pointing_game(maps, cover).float())
+    assert torch.equal(scores["pointing"], pointing_game(maps, cover))
     # Negative values sort correctly too.
     assert torch.allclose(auroc(maps - 0.5, cover), scores["auroc"])

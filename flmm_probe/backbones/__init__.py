@@ -7,7 +7,8 @@ from typing import Any
 
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
-from . import llava  # noqa: F401  (registers the adapter)
+# Importing an adapter module registers it.
+from . import deepseek_vl, gemma3, idefics3, internvl, llava, llava_next, paligemma, qwen_vl  # noqa: F401
 from .base import (
     DEFAULT_INSTRUCTION,
     Backbone,

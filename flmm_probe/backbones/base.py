@@ -60,7 +60,7 @@ def adapter_for(model_type: str) -> type[Backbone]:
             f"No backbone adapter for model_type {model_type!r}. Supported: {', '.join(list_backbones())}. "
             "To add one, write flmm_probe/backbones/<family>.py with a Backbone subclass decorated with "
             f"@register_backbone({model_type!r}) that implements layout(), import it in "
-            "flmm_probe/backbones/__init__.py, and test it against eager attention like tests/test_backbones.py."
+            "flmm_probe/backbones/__init__.py, and test it against eager attention like tests/test_backbone_llava.py."
         )
     return _REGISTRY[model_type]
 
