@@ -143,8 +143,9 @@ class AttentionProbe:
         key_positions: (batch, n_key) LongTensor of sequence positions whose columns to keep.
 
     After a forward pass inside the context, `weights` holds float32 (batch, layer, head, query, key):
-    softmax(q k^T * scaling + mask) over all keys, exactly as eager attention computes it, and
-    `recorded` says which layers ran. Prefill only: call the model with `use_cache=False`.
+    softmax(q k^T * scaling + mask) over all keys, exactly as eager attention computes it;
+    `key_norms` holds float32 (batch, layer, kv_head, key), the L2 norm of each recorded key (high-norm
+    keys are attention sinks); `recorded` says which layers ran. Prefill only: call the model with `use_cache=False`.
     """
 
     def __init__(self, model: PreTrainedModel, query_positions: torch.Tensor, key_positions: torch.Tensor):
@@ -162,7 +163,10 @@ class AttentionProbe:
         self.key_positions = key_positions.to(device=device, dtype=torch.long)
         batch, n_query = self.query_positions.shape
         n_heads = text_config.num_attention_heads
-        self.weights = torch.zeros(batch, len(self.layers), n_heads, n_query, key_positions.shape[1], device=device)
+        n_key = key_positions.shape[1]
+        self.weights = torch.zeros(batch, len(self.layers), n_heads, n_query, n_key, device=device)
+        kv_heads = getattr(text_config, "num_key_value_heads", None) or n_heads
+        self.key_norms = torch.zeros(batch, len(self.layers), kv_heads, n_key, device=device)
         self.recorded = torch.zeros(len(self.layers), dtype=torch.bool)
         self._key_slice = _common_run(self.key_positions)
         self._saved: dict[int, tuple[Any, str | None]] = {}
@@ -233,9 +237,12 @@ class AttentionProbe:
         weights = torch.softmax(scores, dim=-1)  # (batch, head, query, S): denominators over all keys
         if self._key_slice is not None:
             self.weights[:, layer] = weights[..., self._key_slice]
+            self.key_norms[:, layer] = key[:, :, self._key_slice].float().norm(dim=-1)
         else:
             columns = self.key_positions[:, None, None, :].expand(batch, n_heads, n_query, -1)
             self.weights[:, layer] = weights.gather(-1, columns)
+            rows = self.key_positions[:, None, :, None].expand(batch, kv_heads, -1, dim)
+            self.key_norms[:, layer] = key.gather(2, rows).float().norm(dim=-1)
         self.recorded[layer] = True
 
     def _mask_rows(

@@ -23,6 +23,10 @@ class AttentionRecord:
         "global" always, "tiles" for any-resolution backbones.
     hidden: per phrase, (token, layer, dim) hidden states of its tokens after each decoder layer, or
         empty when hidden states were not asked for.
+    image_mass: (phrase, layer, head) attention mass the phrase puts on all image tokens (merged like
+        the maps), before any painting into image space.
+    key_norms: {view kind: (layer, kv_head, y, x)} L2 norms of the image tokens' keys, painted like the
+        maps; high-norm keys are the attention sinks.
     image_size: (height, width) of the original image, pixels.
     meta: model id, model_type, pooling and other provenance, JSON-serialisable.
     """
@@ -33,6 +37,8 @@ class AttentionRecord:
     maps: dict[str, torch.Tensor]
     image_size: tuple[int, int]
     hidden: list[torch.Tensor] = field(default_factory=list)
+    image_mass: torch.Tensor | None = None
+    key_norms: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -57,6 +63,9 @@ class AttentionRecord:
         """Write the record to one safetensors file (tensors + JSON metadata in its header)."""
         tensors = {f"maps.{kind}": m.contiguous() for kind, m in self.maps.items()}
         tensors.update({f"hidden.{i}": h.contiguous() for i, h in enumerate(self.hidden)})
+        tensors.update({f"key_norms.{kind}": k.contiguous() for kind, k in self.key_norms.items()})
+        if self.image_mass is not None:
+            tensors["image_mass"] = self.image_mass.contiguous()
         header = {
             "text": self.text,
             "phrases": self.phrases,
@@ -86,6 +95,8 @@ class AttentionRecord:
             maps={kind: tensors[f"maps.{kind}"] for kind in header["kinds"]},
             image_size=tuple(header["image_size"]),
             hidden=hidden,
+            image_mass=tensors.get("image_mass"),
+            key_norms={k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("key_norms.")},
             meta=header["meta"],
         )
 

@@ -41,3 +41,21 @@ def test_llava_record_shapes():
     assert record.maps["global"].shape == (2, 3, 4, 4, 6)  # 40x60 centre-cropped to 40x40 -> 4x4 of a 4x6 canvas
     assert torch.all(record.maps["global"][..., [0, -1]] == 0)  # columns outside the crop
     assert [h.shape for h in record.hidden] == [(2, 3, 64), (3, 3, 64)]
+
+
+def test_llava_record_mass_and_key_norms_match_eager():
+    model, processor = tiny_llava()
+    backbone = load_backbone(model, processor)
+    record = backbone.record(*SAMPLES[1])
+    prep = backbone.prepare([SAMPLES[1][0]], [SAMPLES[1][1]], [SAMPLES[1][2]])
+    keys = prep.layouts[0].key_positions
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        out = model(**backbone.model_inputs(prep.inputs), use_cache=False, output_attentions=True)
+    model.set_attn_implementation("sdpa")
+    rows = prep.tokens[0][0]
+    attention = torch.stack(out.attentions, 1)[0]  # (layer, head, T, T)
+    expected_mass = attention[:, :, rows][..., keys].sum(-1).mean(-1)  # mean over the phrase's tokens
+    assert torch.allclose(record.image_mass[0], expected_mass, atol=1e-6)
+    assert record.key_norms["global"].shape == (3, 2, 6, 4)  # (layer, kv_head, y, x) for a 48x32 image
+    assert bool((record.key_norms["global"][:, :, 1:5] > 0).all())  # rows 0 and 5 lie outside the centre crop

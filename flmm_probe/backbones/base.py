@@ -194,6 +194,7 @@ class Backbone:
             groups = [torch.searchsorted(queries[i], t) for t in prep.tokens[i]]
             merged = pool(weights, groups, pooling)  # (phrase, layer, head, key)
             maps = {kind: m.cpu() for kind, m in layout.to_image(merged).items()}
+            norms = layout.to_image(probe.key_norms[i, :, :, : len(keys[i])])  # {kind: (layer, kv_head, y, x)}
             hidden = []
             if hidden_states:
                 layers = torch.stack(outputs.hidden_states[1:], dim=2)[i]  # (T, layer, dim)
@@ -206,6 +207,8 @@ class Backbone:
                     maps=maps,
                     image_size=layout.image_size,
                     hidden=hidden,
+                    image_mass=merged.sum(-1).cpu(),
+                    key_norms={kind: n.cpu() for kind, n in norms.items()},
                     meta={
                         "model": getattr(self.model.config, "_name_or_path", ""),
                         "model_type": self.model.config.model_type,
