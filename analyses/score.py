@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 from flmm_probe.metrics import MAP_METRICS, map_scores, mask_to_grid
 from flmm_probe.record import AttentionRecord
 
+from .heads import drop_sinks, sink_cells
+
 MEAN_HEAD = -1  # `head` value of a layer's head-averaged map
 
 
@@ -71,9 +73,14 @@ def _attribute_columns(sample: ScoredSample, phrase_index: np.ndarray) -> dict[s
     return {k: np.array([sample.attributes[i].get(k) for i in phrase_index], dtype=object) for k in keys}
 
 
-def score_sample(sample: ScoredSample, kind: str = "fused", mean_head: bool = True) -> pd.DataFrame:
-    """Long-format scores of every (phrase, layer, head) map of one sample, plus each layer's mean map."""
+def score_sample(sample: ScoredSample, kind: str = "fused", mean_head: bool = True, sinks: bool = False) -> pd.DataFrame:
+    """Long-format scores of every (phrase, layer, head) map of one sample, plus each layer's mean map.
+
+    sinks: zero the attention-sink cells (analyses.heads.sink_cells) of every map before scoring.
+    """
     maps = record_maps(sample.record, kind)  # (phrase, layer, head, y, x)
+    if sinks:
+        maps = drop_sinks(maps, sink_cells(sample.record, kind))
     if len(sample.masks) != maps.shape[0]:
         raise ValueError(f"Sample {sample.sample_id}: {maps.shape[0]} phrases but {len(sample.masks)} masks.")
     if mean_head:
@@ -95,10 +102,10 @@ def score_sample(sample: ScoredSample, kind: str = "fused", mean_head: bool = Tr
 
 
 def score_records(
-    samples: Iterable[ScoredSample], kind: str = "fused", mean_head: bool = True, progress: bool = False
+    samples: Iterable[ScoredSample], kind: str = "fused", mean_head: bool = True, sinks: bool = False, progress: bool = False
 ) -> pd.DataFrame:
     """Tidy scores of every sample: columns sample phrase layer head metric value [+ attributes]."""
-    frames = [score_sample(s, kind, mean_head) for s in tqdm(samples, disable=not progress, desc="score", unit="sample")]
+    frames = [score_sample(s, kind, mean_head, sinks) for s in tqdm(samples, disable=not progress, desc="score", unit="sample")]
     frame = pd.concat(frames, ignore_index=True)
     frame["metric"] = frame["metric"].astype(pd.CategoricalDtype(MAP_METRICS))
     return frame
