@@ -1,0 +1,187 @@
+"""Scores of an organism LMM on held-out scenes: greedy captions, question answering, pointing game.
+
+- ``caption_accuracy``: the greedy answer to ``DESCRIBE`` is parsed into "a <size> <colour> <shape>"
+  phrases, compared in order (left to right) with the scene's objects; a missing phrase counts wrong.
+- ``qa_accuracy``: the first word of the greedy answer to each question, exact match.
+- ``pointing``: for each object's caption phrase (teacher-forced caption after ``DESCRIBE``), each
+  head's phrase-to-image attention (recorded with ``AttentionProbe``, mean over the phrase's tokens)
+  is reshaped to the patch grid, upsampled bilinearly to the image and its argmax is tested against
+  the object's mask (hit) and against the other objects' masks (wrong object). The uniform-map
+  baseline is the chance that a uniformly random pixel falls in the mask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
+
+from flmm_probe.data.shapes import COLOURS, DESCRIBE, IMAGE_SIZE, SHAPES, SIZES, Scene, make_scene
+from flmm_probe.organism.sam import box_miou, load_sam
+from flmm_probe.organism.text import collate, encode
+from flmm_probe.probe import AttentionProbe
+
+_PHRASE = re.compile(rf"\ban? ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b")
+
+
+def _prompt(processor: LlavaProcessor, instruction: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def generate(model: LlavaForConditionalGeneration, processor: LlavaProcessor, images: list[np.ndarray],
+             instructions: list[str], max_new_tokens: int = 48, batch: int = 50) -> list[str]:
+    """Greedy answers, one per (image (H, W, 3) uint8, instruction)."""
+    out: list[str] = []
+    for i in range(0, len(images), batch):
+        inputs = processor(images=images[i : i + batch], text=[_prompt(processor, t) for t in instructions[i : i + batch]],
+                           padding=True, return_tensors="pt")
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=processor.tokenizer.pad_token_id)
+        out += processor.tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def caption_accuracy(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene]) -> dict[str, float]:
+    """Fraction of objects whose size / colour / shape the greedy caption gets right (and all three)."""
+    captions = generate(model, processor, [s.image for s in scenes], [DESCRIBE] * len(scenes))
+    hits = {"size": [], "colour": [], "shape": [], "object": []}
+    for scene, caption in zip(scenes, captions):
+        said = _PHRASE.findall(caption)
+        for i, o in enumerate(scene.objects):
+            got = said[i] if i < len(said) else ("", "", "")
+            ok = [got[0] == o.size, got[1] == o.colour, got[2] == o.shape]
+            for key, value in zip(("size", "colour", "shape"), ok):
+                hits[key].append(value)
+            hits["object"].append(all(ok))
+    return {k: float(np.mean(v)) for k, v in hits.items()}
+
+
+def qa_accuracy(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene]) -> dict[str, float]:
+    """Exact-match accuracy of the greedy one-word answers, overall and per question kind."""
+    items = [(s.image, qa) for s in scenes for qa in s.qa]
+    answers = generate(model, processor, [im for im, _ in items], [qa.question for _, qa in items], max_new_tokens=3)
+    right: dict[str, list[bool]] = {"all": []}
+    for (_, qa), answer in zip(items, answers):
+        ok = answer.split()[:1] == [qa.answer]
+        right["all"].append(ok)
+        right.setdefault(qa.kind, []).append(ok)
+    return {k: float(np.mean(v)) for k, v in right.items()}
+
+
+@dataclass
+class Pointing:
+    """Pointing game over phrases. hit / wrong_object: (layer, head) fractions; uniform: chance level."""
+
+    hit: np.ndarray
+    wrong_object: np.ndarray
+    uniform: float
+    n_phrases: int
+
+    @property
+    def best_head(self) -> tuple[int, int]:
+        layer, head = np.unravel_index(int(self.hit.argmax()), self.hit.shape)
+        return int(layer), int(head)
+
+
+@torch.no_grad()
+def caption_maps(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scene: Scene) -> torch.Tensor:
+    """Per caption phrase, each head's attention over the image patches: (phrase, layer, head, gy, gx)."""
+    n_image = int(model.config.image_seq_length)
+    grid = int(round(n_image**0.5))
+    ids, _ = encode([(DESCRIBE, scene.caption)], processor.tokenizer, n_image)
+    batch = collate([(ids, ids)], processor.tokenizer.pad_token_id)
+    answer_start = len(ids) - len(processor.tokenizer(scene.caption, add_special_tokens=False)["input_ids"]) - 1
+    offsets = processor.tokenizer(scene.caption, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    rows, owner = [], []
+    for p, phrase in enumerate(scene.caption_phrases):
+        for t, (a, b) in enumerate(offsets):
+            if a < phrase.end and b > phrase.start:
+                rows.append(answer_start + t)
+                owner.append(p)
+    image_positions = (batch["input_ids"][0] == model.config.image_token_id).nonzero()[:, 0]
+    pixel_values = processor.image_processor(images=[scene.image], return_tensors="pt")["pixel_values"].to(model.dtype)
+    with AttentionProbe(model, torch.tensor([rows]), image_positions[None]) as probe:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=pixel_values, use_cache=False)
+    weights = probe.weights[0]  # (layer, head, query, key)
+    owner_t = torch.tensor(owner)
+    maps = torch.stack([weights[:, :, owner_t == p].mean(dim=2) for p in range(len(scene.caption_phrases))])
+    return maps.reshape(*maps.shape[:3], grid, grid)  # (phrase, layer, head, gy, gx)
+
+
+def pointing(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene]) -> Pointing:
+    """Pointing game of every head for every object's caption phrase in ``scenes``."""
+    hits, wrong, uniform = [], [], []
+    for scene in scenes:
+        maps = caption_maps(model, processor, scene)
+        phrase, layer, head = maps.shape[:3]
+        up = F.interpolate(maps.reshape(-1, 1, *maps.shape[3:]).float(), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
+                           align_corners=False)
+        flat = up.reshape(phrase, layer, head, -1).argmax(dim=-1).numpy()  # (phrase, layer, head)
+        labels = np.full(IMAGE_SIZE * IMAGE_SIZE, -1)
+        for i, o in enumerate(scene.objects):
+            labels[o.mask.reshape(-1)] = i
+        at = labels[flat]
+        for p, ph in enumerate(scene.caption_phrases):
+            target = ph.object_ids[0]
+            hits.append(at[p] == target)
+            wrong.append((at[p] >= 0) & (at[p] != target))
+            uniform.append(ph.mask.mean())
+    return Pointing(np.mean(hits, axis=0), np.mean(wrong, axis=0), float(np.mean(uniform)), len(hits))
+
+
+def report(path: str, n: int = 100, splits: tuple[str, ...] = ("test", "compositional"), seed: int = 0) -> dict:
+    """All scores of the LMM saved at ``path`` on the first ``n`` scenes of each split (JSON-ready)."""
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    out: dict = {"path": str(path)}
+    for split in splits:
+        scenes = [make_scene(split, i, seed) for i in range(n)]
+        crowded = [s for s in (make_scene(split, i, seed) for i in range(3 * n)) if len(s.objects) >= 3][:n]
+        score = pointing(model, processor, crowded)
+        layer, head = score.best_head
+        out[split] = {
+            "caption": caption_accuracy(model, processor, scenes),
+            "qa": qa_accuracy(model, processor, scenes),
+            "pointing_best_head": [layer, head],
+            "pointing_best": float(score.hit[layer, head]),
+            "wrong_object_best": float(score.wrong_object[layer, head]),
+            "pointing_best_per_layer": score.hit.max(axis=1).round(3).tolist(),
+            "pointing_mean_per_layer": score.hit.mean(axis=1).round(3).tolist(),
+            "wrong_object_per_layer_best": [float(score.wrong_object[i, j]) for i, j in enumerate(score.hit.argmax(axis=1))],
+            "uniform": score.uniform,
+            "n_phrases": score.n_phrases,
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flmm_probe.organism.evaluate PATH [PATH ...]``: JSON scores of saved organisms."""
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("paths", nargs="+", help="save_pretrained folders of organism LMMs")
+    p.add_argument("--n", type=int, default=100, help="scenes per split")
+    p.add_argument("--splits", nargs="+", default=["test", "compositional"])
+    p.add_argument("--sam", help="folder of an organism SAM to score (box-prompted mIoU)")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = [report(path, args.n, tuple(args.splits)) for path in args.paths]
+    if args.sam:
+        sam = load_sam(Path(args.sam))
+        results.append({"path": args.sam, **{s: {"box_miou": box_miou(sam, [make_scene(s, i) for i in range(args.n)])} for s in args.splits}})
+    sys.stdout.write(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

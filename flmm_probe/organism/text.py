@@ -1,0 +1,61 @@
+"""Training texts for the organism LMM: which turns a scene yields, and their token ids and labels.
+
+A sample is one conversation about one scene: either a description turn (caption, narrative or
+referring expression, all after the F-LMM instruction ``DESCRIBE``) or up to three question turns.
+Token ids are built turn by turn with the word-level tokenizer, which gives exactly the ids that
+``processor(text=apply_chat_template(...))`` gives (tests check this); the loss covers answers + "</s>".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from flmm_probe.data.shapes import DESCRIBE, Scene
+
+IGNORE = -100
+# Probability of each kind of conversation; captions lead so that greedy description is a caption.
+MIX = {"caption": 0.4, "narrative": 0.15, "expression": 0.15, "qa": 0.3}
+
+
+def conversation(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """(instruction, answer) turns of one sampled conversation about ``scene``."""
+    kind = rng.choice(list(MIX), p=list(MIX.values()))
+    if kind == "expression" and scene.expressions:
+        return [(DESCRIBE, scene.expressions[int(rng.integers(len(scene.expressions)))].text)]
+    if kind == "narrative":
+        return [(DESCRIBE, scene.narrative)]
+    if kind == "qa":
+        order = rng.permutation(len(scene.qa))[:3]
+        return [(scene.qa[i].question, scene.qa[i].answer) for i in order]
+    return [(DESCRIBE, scene.caption)]
+
+
+def encode(turns: list[tuple[str, str]], tokenizer: PreTrainedTokenizerFast, n_image_tokens: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels (IGNORE outside answers) of the chat-formatted conversation."""
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    input_ids, labels = [tokenizer.bos_token_id], [IGNORE]
+    for t, (instruction, answer) in enumerate(turns):
+        image = "<image>" * n_image_tokens + "\n" if t == 0 else ""
+        prompt = ids(f"USER: {image}{instruction} ASSISTANT: ")
+        reply = ids(answer) + [tokenizer.eos_token_id]
+        input_ids += prompt + reply
+        labels += [IGNORE] * len(prompt) + reply
+    return input_ids, labels
+
+
+def collate(samples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sample: input_ids, attention_mask, labels, each (batch, seq) int64."""
+    n = max(len(ids) for ids, _ in samples)
+    input_ids = torch.full((len(samples), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(samples), n), IGNORE, dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), n), dtype=torch.long)
+    for i, (ids, lab) in enumerate(samples):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        attention_mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

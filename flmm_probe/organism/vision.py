@@ -1,0 +1,73 @@
+"""Stage 0: pretrain the organism's CLIP vision tower on the shapes world, as LLaVA starts from a pretrained CLIP.
+
+Trained through the LM alone, a from-scratch vision tower learns colour and size but recognises shape
+slowly (shape is the bottleneck). So, as real LLaVA starts from a pretrained CLIP, the tower is first
+trained on its own with dense labels: every patch token of the layer LLaVA reads (the last hidden
+state, CLS dropped) is classified into the shape, colour and size of the object that covers most of
+the patch, or "none". The heads are thrown away; only the tower goes on to LLaVA training.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import CLIPImageProcessor, CLIPVisionModel
+
+from flmm_probe.data.shapes import COLOURS, IMAGE_SIZE, SHAPES, SIZES, Scene, make_scene
+
+log = logging.getLogger(__name__)
+ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES}
+MIN_COVER = 1 / 8  # an object owns a patch if it covers at least this fraction of it
+
+
+def patch_labels(scene: Scene, patch: int) -> dict[str, torch.Tensor]:
+    """Per attribute, (grid * grid,) int64 class of each patch's owner (row-major), len(values) = none."""
+    grid = IMAGE_SIZE // patch
+    cover = np.stack([rearrange(o.mask, "(gy py) (gx px) -> (gy gx) (py px)", py=patch, px=patch).mean(-1) for o in scene.objects])
+    owner = cover.argmax(0)
+    owned = cover.max(0) >= MIN_COVER
+    out = {}
+    for name, values in ATTRIBUTES.items():
+        cls = np.array([values.index(getattr(o, name)) for o in scene.objects])[owner]
+        out[name] = torch.from_numpy(np.where(owned, cls, len(values)).astype(np.int64))
+    assert out["shape"].shape == (grid * grid,)
+    return out
+
+
+def pretrain_vision(tower: CLIPVisionModel, image_processor: CLIPImageProcessor, patch: int, steps: int, batch: int,
+                    lr: float, seed: int) -> dict[str, float]:
+    """Train ``tower`` in place on patch labels; returns the last step's per-attribute patch accuracy."""
+    width = tower.config.hidden_size
+    heads = nn.ModuleDict({name: nn.Linear(width, len(values) + 1) for name, values in ATTRIBUTES.items()})
+    params = list(tower.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    tower.train()
+    start = time.time()
+    accuracy: dict[str, float] = {}
+    for step in tqdm(range(steps), desc="vision pretraining", disable=None):
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * (1 - step / steps))
+        scenes = [make_scene("train", step * batch + i, seed + 2) for i in range(batch)]
+        pixels = image_processor(images=[s.image for s in scenes], return_tensors="pt")["pixel_values"]
+        tokens = tower(pixel_values=pixels).last_hidden_state[:, 1:]  # (batch, grid*grid, width)
+        labels = [patch_labels(s, patch) for s in scenes]
+        loss = torch.zeros(())
+        for name, head in heads.items():
+            target = torch.stack([lab[name] for lab in labels])  # (batch, grid*grid)
+            logits = head(tokens)  # (batch, grid*grid, classes)
+            loss = loss + F.cross_entropy(logits.flatten(0, 1), target.flatten())
+            accuracy[name] = (logits.argmax(-1) == target).float().mean().item()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 50 == 0:
+            log.info("vision step %d loss %.4f acc %s (%.0fs)", step, loss.item(), accuracy, time.time() - start)
+    return accuracy
