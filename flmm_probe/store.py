@@ -49,6 +49,8 @@ _SHARD_RE = re.compile(r"^r(\d{4})-s(\d{6})\.safetensors$")
 MAX_RANKS, MAX_SHARDS_PER_RANK = 10_000, 1_000_000  # what the fixed-width names hold
 _FRAGMENT_SUFFIX = ".manifest.parquet"
 _TENSOR_PREFIXES = ("key_", "offset_", "shape_")
+# Stored tensors that are not attention maps: hidden states, image attention mass, key norms per kind.
+_NOT_MAPS = ("hidden", "image_mass", "norms_")
 # Columns that say where rows live rather than what they hold; they differ between rank splits.
 LOCATION_COLUMNS = ("shard", "shard_bytes", "shard_sha256")
 
@@ -399,7 +401,7 @@ class Store:
             raise IndexError(f"Sample {sample_id!r} has {len(rows)} phrases; asked for phrase {phrase_index}.")
         row = rows[phrase_index]
         kinds = [c[len("key_"):] for c, v in row.items()
-                 if c.startswith("key_") and c != "key_hidden" and isinstance(v, str)]
+                 if c.startswith("key_") and isinstance(v, str) and not c[len("key_"):].startswith(_NOT_MAPS)]
         return {kind: self._tensor(row, kind, self.maps_dtype) for kind in kinds}
 
     def read(self, sample_id: str) -> AttentionRecord:
@@ -409,6 +411,8 @@ class Store:
         maps = {kind: torch.stack([self._tensor(r, kind, self.maps_dtype) for r in rows]).float()
                 for kind in head["kinds"]}
         hidden = [self._tensor(r, "hidden", self.hidden_dtype).float() for r in rows] if head["has_hidden"] else []
+        mass = torch.stack([self._tensor(r, "image_mass", torch.float32) for r in rows]) if head.get("has_mass") else None
+        norms = {kind: self._tensor(rows[0], f"norms_{kind}", self.maps_dtype).float() for kind in head.get("norm_kinds", [])}
         return AttentionRecord(
             text=head["text"],
             phrases=[r["phrase"] for r in rows],
@@ -416,6 +420,8 @@ class Store:
             maps=maps,
             image_size=tuple(head["image_size"]),
             hidden=hidden,
+            image_mass=mass,
+            key_norms=norms,
             meta=head["meta"],
         )
 
@@ -434,13 +440,14 @@ class Store:
         self._manifest = None
 
     def bytes_per_phrase(self) -> dict[str, float]:
-        """Mean bytes per stored phrase: per tensor (maps_<kind>, hidden), shard overhead, and total on disk."""
+        """Mean bytes per stored phrase: per tensor (maps_<kind>, hidden, image_mass, norms_<kind>), shard
+        overhead, and total on disk."""
         manifest = self.manifest
         n = max(len(manifest), 1)
         out = {}
         for col in [c for c in manifest.columns if c.startswith("offset_")]:
             name = col[len("offset_"):]
-            out["hidden" if name == "hidden" else f"maps_{name}"] = sum(e - b for b, e in manifest[col].dropna()) / n
+            out[name if name.startswith(_NOT_MAPS) else f"maps_{name}"] = sum(e - b for b, e in manifest[col].dropna()) / n
         total = manifest.drop_duplicates("shard")["shard_bytes"].sum() / n
         out["overhead"] = total - sum(out.values())
         out["total"] = float(total)
@@ -501,8 +508,8 @@ class StoreWriter:
             return False
         if not record.phrases:
             raise ValueError(f"Sample {sample_id!r} has no phrases; a record needs at least one to be stored.")
-        if "hidden" in record.maps:
-            raise ValueError("A map kind may not be called 'hidden' (the name of the hidden-state tensor).")
+        if any(kind.startswith(_NOT_MAPS) for kind in record.maps):
+            raise ValueError(f"A map kind may not start with {_NOT_MAPS} (names of the other tensors).")
         phrase_extra = list(phrase_extra) if phrase_extra is not None else [{} for _ in record.phrases]
         if len(phrase_extra) != len(record.phrases):
             raise ValueError(f"phrase_extra has {len(phrase_extra)} entries for {len(record.phrases)} phrases.")
@@ -511,8 +518,10 @@ class StoreWriter:
                 raise ValueError(f"Extra column {name!r} clashes with a manifest column; rename it.")
 
         has_hidden = bool(record.hidden)
+        has_mass = record.image_mass is not None
         header = {"text": record.text, "image_size": list(record.image_size), "kinds": list(record.maps),
-                  "has_hidden": has_hidden, "meta": record.meta}
+                  "has_hidden": has_hidden, "has_mass": has_mass, "norm_kinds": list(record.key_norms),
+                  "meta": record.meta}
         tensors: dict[str, torch.Tensor] = {}
         rows: list[dict[str, Any]] = []
         for p, (phrase, (start, end)) in enumerate(zip(record.phrases, record.spans)):
@@ -525,6 +534,10 @@ class StoreWriter:
             named = {kind: (m[p], self.store.maps_dtype) for kind, m in record.maps.items()}  # (layer head y x)
             if has_hidden:
                 named["hidden"] = (record.hidden[p], self.store.hidden_dtype)  # (token layer dim)
+            if has_mass:
+                named["image_mass"] = (record.image_mass[p], torch.float32)  # (layer head)
+            if p == 0:  # key norms belong to the sample, not to a phrase: kept with its first phrase
+                named.update({f"norms_{k}": (n, self.store.maps_dtype) for k, n in record.key_norms.items()})
             for name, (t, dtype) in named.items():
                 key = f"{sample_id}/{p}/{name}"
                 tensors[key] = _cast(t, dtype, f"{sample_id!r} phrase {p} {name}")

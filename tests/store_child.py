@@ -27,7 +27,8 @@ def job_order(n: int = NUM_SAMPLES) -> list[int]:
 
 
 def synthetic_record(i: int) -> AttentionRecord:
-    """Sample i: 1-3 phrases, a "global" (phrase, layer, head, 6, 6) map, "tiles" on even i, hidden states."""
+    """Sample i: 1-3 phrases, a "global" (phrase, layer, head, 6, 6) map, "tiles" on even i, hidden states,
+    image mass and key norms."""
     g = torch.Generator().manual_seed(i)
     words = ["red square", "blue circle", "green triangle"][: 1 + i % 3]
     text = f"sample {i}: " + " and ".join(words)
@@ -36,8 +37,10 @@ def synthetic_record(i: int) -> AttentionRecord:
     if i % 2 == 0:
         maps["tiles"] = torch.rand(len(words), LAYERS, HEADS, 12, 12, generator=g)
     hidden = [torch.randn(len(w.split()), LAYERS + 1, DIM, generator=g) * 3 for w in words]
+    mass = torch.rand(len(words), LAYERS, HEADS, generator=g)
+    norms = {kind: torch.rand(LAYERS, 2, *m.shape[-2:], generator=g) * 10 for kind, m in maps.items()}
     return AttentionRecord(text=text, phrases=words, spans=spans, maps=maps, image_size=(48, 64 + i),
-                           hidden=hidden, meta={"index": i})
+                           hidden=hidden, image_mass=mass, key_norms=norms, meta={"index": i})
 
 
 def record_job(root: Path, indices: list[int], rank: int = 0, shard_size: int = 2, delay: float = 0.0) -> Store:

@@ -31,6 +31,8 @@ def assert_same_store(a: Store, b: Store, *, same_placement: bool = True) -> Non
         assert ra.maps.keys() == rb.maps.keys()
         assert all(torch.equal(ra.maps[k], rb.maps[k]) for k in ra.maps)
         assert all(torch.equal(x, y) for x, y in zip(ra.hidden, rb.hidden, strict=True))
+        assert torch.equal(ra.image_mass, rb.image_mass)
+        assert all(torch.equal(ra.key_norms[k], rb.key_norms[k]) for k in ra.maps)
 
 
 def shard_files(store: Store) -> dict[str, bytes]:
@@ -54,6 +56,10 @@ def test_round_trip_float16_and_float32(tmp_path):
             assert fast.dtype == torch.float16 and torch.equal(fast, m[-1].half())
         for h_loaded, h in zip(loaded.hidden, original.hidden, strict=True):
             torch.testing.assert_close(h_loaded, h, atol=1e-2, rtol=1e-3)
+        assert torch.equal(loaded.image_mass, original.image_mass)  # kept in float32
+        assert loaded.key_norms.keys() == original.key_norms.keys()
+        for kind, n in original.key_norms.items():
+            torch.testing.assert_close(loaded.key_norms[kind], n, atol=1e-2, rtol=1e-3)
 
     manifest = reopened.manifest
     assert list(manifest["sample_id"]) == sorted(manifest["sample_id"])  # sorted, though recorded shuffled

@@ -67,16 +67,18 @@ class GroundingSample:
 
     ``sample_id``: stable across runs (built from the annotation ids, never from list positions that a
     filter could shift). ``image_size``: (height, width) in pixels, the shape of every mask.
-    ``attributes``: dataset, split and annotation ids. Masks come from ``load_masks`` on first use.
+    ``attributes``: dataset, split and annotation ids. Masks come from ``load_masks`` on first use; the
+    image from ``image_path``, or from ``load_image`` for generated images (the shapes world).
     """
 
     sample_id: str
-    image_path: Path
+    image_path: Path | None
     image_size: tuple[int, int]
     text: str
     phrases: list[SamplePhrase]
     attributes: dict[str, Any]
     load_masks: Callable[[], np.ndarray] = field(repr=False)
+    load_image: Callable[[], Image.Image] | None = field(default=None, repr=False)
     _masks: np.ndarray | None = field(default=None, init=False, repr=False)
     _image: Image.Image | None = field(default=None, init=False, repr=False)
 
@@ -101,8 +103,10 @@ class GroundingSample:
 
     def image(self) -> Image.Image:
         """The image as RGB PIL, decoded fully. Raises SampleError if it is missing, unreadable or of another size."""
+        if self._image is None and self.load_image is not None:
+            self._image = self.load_image()
         if self._image is None:
-            if not self.image_path.is_file():
+            if self.image_path is None or not self.image_path.is_file():
                 raise SampleError("missing image", f"{self.image_path} does not exist; check the image folder")
             try:
                 with Image.open(self.image_path) as opened:
