@@ -1,0 +1,104 @@
+"""How far attention alone gets: masks from the top-K heads, with and without SAM prompts.
+
+No parameter is trained. For each phrase, the maps of K chosen heads are each normalised to [0, 1],
+averaged, resized to the image, and thresholded; optionally SAM (`segment_anything.SamPredictor`)
+turns that into a mask from a box around it, a point at its peak, or both. Choose the heads on other
+samples than those you evaluate (e.g. analyses.emergence.head_table on a selection split): choosing
+them on the test samples flatters the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from segment_anything import SamPredictor
+
+from flmm_probe.metrics import intersection_union, res_scores
+
+from .score import ScoredSample, record_maps
+
+METHODS = ("attention", "sam_box", "sam_point", "sam_box_point")
+
+
+def head_heatmap(maps: torch.Tensor, heads: Sequence[tuple[int, int]], image_size: tuple[int, int]) -> torch.Tensor:
+    """(phrase, H, W) in [0, 1]: the chosen heads' maps, each min-max normalised, averaged, resized to
+    the image (bilinear) and normalised again. maps: (phrase, layer, head, y, x) image-space canvases."""
+    layers, cols = zip(*heads)
+    chosen = maps[:, list(layers), list(cols)]  # (phrase, K, y, x)
+    low = chosen.amin((-2, -1), keepdim=True)
+    high = chosen.amax((-2, -1), keepdim=True)
+    mean = ((chosen - low) / (high - low).clamp_min(1e-12)).mean(1, keepdim=True)
+    heat = F.interpolate(mean, size=image_size, mode="bilinear", align_corners=False)[:, 0]
+    low, high = heat.amin((-2, -1), keepdim=True), heat.amax((-2, -1), keepdim=True)
+    return (heat - low) / (high - low).clamp_min(1e-12)
+
+
+def _box(mask: np.ndarray) -> np.ndarray:
+    """XYXY pixel box around a boolean mask (the whole image if it is empty)."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return np.array([0, 0, mask.shape[1] - 1, mask.shape[0] - 1], float)
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], float)
+
+
+def training_free_masks(
+    image: np.ndarray,
+    heat: torch.Tensor,
+    threshold: float = 0.5,
+    predictor: SamPredictor | None = None,
+) -> dict[str, np.ndarray]:
+    """{method: (phrase, H, W) bool} for one image. image: HxWx3 uint8; heat: (phrase, H, W) in [0, 1].
+
+    "attention" thresholds the heat map; with a predictor, "sam_box" prompts SAM with the box around
+    that mask, "sam_point" with the heat map's peak as a foreground point, "sam_box_point" with both.
+    """
+    attention = (heat >= threshold).numpy()
+    out = {"attention": attention}
+    if predictor is None:
+        return out
+    predictor.set_image(image)
+    for method in METHODS[1:]:
+        masks = []
+        for phrase_heat, mask in zip(heat, attention):
+            peak = np.array(np.unravel_index(int(phrase_heat.argmax()), phrase_heat.shape)[::-1], float)[None]
+            prompts = {}
+            if "box" in method:
+                prompts["box"] = _box(mask)
+            if "point" in method:
+                prompts["point_coords"], prompts["point_labels"] = peak, np.array([1])
+            predicted, _, _ = predictor.predict(multimask_output=False, **prompts)
+            masks.append(predicted[0])
+        out[method] = np.stack(masks)
+    return out
+
+
+def evaluate_training_free(
+    samples: Iterable[tuple[ScoredSample, np.ndarray]],
+    heads: Sequence[tuple[int, int]],
+    threshold: float = 0.5,
+    predictor: SamPredictor | None = None,
+    kind: str = "fused",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training-free masks of every phrase, scored like the fitted decoder.
+
+    samples: (scored sample, its image HxWx3 uint8). Returns (per phrase: sample phrase method
+    intersection union iou, per method: the RES scores cIoU gIoU P@0.5..0.9).
+    """
+    rows = []
+    for sample, image in samples:
+        maps = record_maps(sample.record, kind)
+        heat = head_heatmap(maps, heads, image.shape[:2])
+        for method, masks in training_free_masks(image, heat, threshold, predictor).items():
+            for phrase, (pred, truth) in enumerate(zip(masks, sample.masks)):
+                inter, union = intersection_union(pred, truth)
+                rows.append({"sample": sample.sample_id, "phrase": phrase, "method": method,
+                             "intersection": inter, "union": union, "iou": inter / union if union else 1.0})
+    per_phrase = pd.DataFrame(rows)
+    summary = pd.DataFrame(
+        [{"method": m, **res_scores(g["intersection"], g["union"])} for m, g in per_phrase.groupby("method", sort=False)]
+    )
+    return per_phrase, summary
