@@ -29,8 +29,8 @@ def mask_to_grid(mask: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torc
 
 
 def _flat(maps: torch.Tensor, cover: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    maps, cover = torch.broadcast_tensors(maps.float(), cover.float())
-    return maps.flatten(-2), cover.flatten(-2)
+    """(..., n) float views of maps and cover; they broadcast against each other, nothing is copied."""
+    return maps.float().flatten(-2), cover.float().flatten(-2)
 
 
 def pointing_game(maps: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
@@ -42,9 +42,10 @@ def pointing_game(maps: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
     """
     maps, cover = _flat(maps, cover)
     need = torch.clamp(cover.amax(-1, keepdim=True) * 0.5, max=INSIDE)
-    hit = (cover >= need) & (cover > 0)
-    peak = maps == maps.amax(-1, keepdim=True)
-    return (peak & hit).sum(-1) / peak.sum(-1)
+    hit = ((cover >= need) & (cover > 0)).float()
+    # Float sums: torch sums bool tensors an order of magnitude more slowly.
+    peak = (maps == maps.amax(-1, keepdim=True)).float()
+    return (peak * hit).sum(-1) / peak.sum(-1)
 
 
 def mass_in_mask(maps: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
@@ -114,9 +115,10 @@ class _Ranked:
 
 def _ranked(maps: torch.Tensor, cover: torch.Tensor) -> tuple[_Ranked, torch.Size]:
     maps, cover = _flat(maps, cover)
-    lead = maps.shape[:-1]
-    inside = (cover.reshape(-1, cover.shape[-1]) >= INSIDE).cpu().numpy()
-    return _Ranked(maps.reshape(-1, maps.shape[-1]).cpu().numpy(), inside), lead
+    lead = torch.broadcast_shapes(maps.shape[:-1], cover.shape[:-1])
+    n = maps.shape[-1]
+    inside = (cover >= INSIDE).expand(*lead, n).reshape(-1, n).cpu().numpy()
+    return _Ranked(maps.expand(*lead, n).reshape(-1, n).cpu().numpy(), inside), lead
 
 
 def auroc(maps: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
@@ -167,8 +169,9 @@ def map_scores(maps: torch.Tensor, cover: torch.Tensor) -> dict[str, torch.Tenso
 def spatial_entropy(maps: torch.Tensor) -> torch.Tensor:
     """Shannon entropy of the map normalised to sum 1, divided by log(cells): 0 = one cell, 1 = uniform."""
     flat = maps.float().flatten(-2).clamp_min(0)
-    p = flat / flat.sum(-1, keepdim=True).clamp_min(torch.finfo(flat.dtype).tiny)
-    entropy = -(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum(-1)
+    total = flat.sum(-1)
+    # H = -sum p log p with p = m / total, in one pass: log(total) - sum(m log m) / total.
+    entropy = torch.log(total) - torch.xlogy(flat, flat).sum(-1) / total
     return entropy / np.log(flat.shape[-1])
 
 
