@@ -13,7 +13,7 @@ Attention sinks are image tokens with high-norm keys: they draw attention whatev
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -63,32 +63,35 @@ def spatial_entropy(maps: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def localization_heads(
-    records: Sequence[AttentionRecord], top: int = 10, select: int = 10, kind: str = "fused"
+    records: Iterable[AttentionRecord], top: int = 10, select: int = 10, kind: str = "fused"
 ) -> pd.DataFrame:
-    """Rank heads as localization heads over `records`.
+    """Rank heads as localization heads over `records` (iterated twice: a list, or a re-iterable view
+    of a store such as analyses.run.StoredRecords, which then streams from disk).
 
     Returns one row per (layer, head): image_mass (mean over phrases), passes_mass (above the elbow),
     low_entropy_share (share of phrases for which the head is among the `top` lowest-entropy heads of
     those passing step 1), selected (the `select` heads with the highest share), sorted by that share.
     """
-    if not records:
+    mass_sum, n_phrases = None, 0
+    for record in records:
+        if record.image_mass is None:
+            raise ValueError("Records without image_mass: re-record them with this version of flmm_probe.")
+        mass_sum = record.image_mass.sum(0) + (0 if mass_sum is None else mass_sum)  # (layer, head)
+        n_phrases += len(record.phrases)
+    if mass_sum is None:
         raise ValueError("No records given.")
-    if any(r.image_mass is None for r in records):
-        raise ValueError("Records without image_mass: re-record them with this version of flmm_probe.")
-    layers, heads = records[0].num_layers, records[0].num_heads
-    mass = torch.cat([r.image_mass for r in records]).mean(0).numpy()  # (layer, head)
+    layers, heads = mass_sum.shape
+    mass = (mass_sum / n_phrases).numpy()
     order = np.argsort(-mass, axis=None)
     passes = np.zeros(layers * heads, bool)
     passes[order[: elbow(mass.ravel())]] = True
     counts = np.zeros(layers * heads)
-    n_phrases = 0
     for record in records:
         maps = record.fused() if kind == "fused" else record.maps[kind]
         entropy = spatial_entropy(maps).reshape(len(maps), -1)  # (phrase, layer*head)
         entropy[:, ~passes] = np.inf
         lowest = np.argsort(entropy, axis=1)[:, : min(top, int(passes.sum()))]
         np.add.at(counts, lowest.ravel(), 1)
-        n_phrases += len(maps)
     layer, head = np.divmod(np.arange(layers * heads), heads)
     table = pd.DataFrame(
         {

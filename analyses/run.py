@@ -1,0 +1,80 @@
+"""Analyse a recorded store against its dataset's masks: the files that figures/ renders.
+
+    flmm-probe analyze --store runs/x/store --data shapes:test:200 --out runs/x
+
+Writes into the output folder (never re-running the LMM: records come from the store):
+    scores.parquet              sample phrase layer head metric value + phrase attributes (analyses.score)
+    baselines.parquet           sample phrase baseline metric value (uniform map, centre prior)
+    localization_heads.parquet  layer head image_mass passes_mass low_entropy_share selected
+    head_table.parquet          layer head estimate low high n rank, for the pointing game
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from flmm_probe.data.samples import GroundingDataset
+from flmm_probe.record import AttentionRecord
+from flmm_probe.store import Store
+
+from .emergence import head_table
+from .heads import localization_heads
+from .score import ScoredSample, baseline_frame, score_records
+
+log = logging.getLogger(__name__)
+
+
+class StoredRecords:
+    """A re-iterable view of a store's records for chosen sample ids, read from disk on each pass."""
+
+    def __init__(self, store: Store, sample_ids: list[str]):
+        self.store, self.sample_ids = store, sample_ids
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def __iter__(self) -> Iterator[AttentionRecord]:
+        return (self.store.read(sample_id) for sample_id in self.sample_ids)
+
+
+def scored_samples(store: Store, dataset: GroundingDataset) -> Iterator[ScoredSample]:
+    """The dataset's good samples that the store holds, with their masks and phrase attributes."""
+    done = store.done_ids()
+    for sample in dataset:
+        if sample.sample_id not in done:
+            continue
+        attributes = [{"plural": p.plural, "is_thing": p.is_thing, "task": sample.attributes.get("task")} for p in sample.phrases]
+        yield ScoredSample(sample.sample_id, store.read(sample.sample_id), list(sample.masks()), attributes)
+
+
+def analyze(store: Store, dataset: GroundingDataset, out: str | Path, sinks: bool = False, progress: bool = True) -> dict[str, Path]:
+    """Score every stored sample of `dataset`, rank heads, and write the parquet files listed above."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = list(scored_samples(store, dataset))
+    if not samples:
+        raise ValueError(f"The store at {store.root} holds none of the dataset's samples; record them first.")
+    missing = len(store.done_ids()) - len(samples)
+    if missing:
+        log.info("analyze: %d stored samples are not in this dataset and are left out", missing)
+    frames = {
+        "scores": score_records(samples, sinks=sinks, progress=progress),
+        "baselines": baseline_frame(samples),
+        "localization_heads": localization_heads(StoredRecords(store, [s.sample_id for s in samples])),
+    }
+    frames["head_table"] = head_table(frames["scores"], "pointing")
+    paths = {}
+    for name, frame in frames.items():
+        paths[name] = out / f"{name}.parquet"
+        frame.to_parquet(paths[name])
+    return paths
+
+
+def load(run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """The parquet files of an analysed run folder that exist, by name."""
+    run_dir = Path(run_dir)
+    return {p.stem: pd.read_parquet(p) for p in sorted(run_dir.glob("*.parquet"))}
