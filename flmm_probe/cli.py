@@ -1,14 +1,18 @@
 """`flmm-probe`: record word-to-patch attention of frozen multimodal LLMs, and study it.
 
 Commands:
-  demo               the whole thing on the embedded default (shapes world + organism), in a minute on a CPU
+  demo               the whole pipeline on the embedded default (shapes world + organism), on a CPU
   backbones          list the supported model families (config.model_type)
-  record             record one image + text + phrases with any supported model, save an AttentionRecord
+  record             record a dataset into a store (resumable; one shard set per torchrun rank)
+  record-image       record one image + text + phrases into an AttentionRecord file
+  analyze            score every layer's and head's maps against the masks -> parquet tables
   organism train     retrain the embedded default models from a seed
 
 Examples:
   flmm-probe demo
-  flmm-probe record --model llava-hf/llava-1.5-7b-hf --image cat.jpg \\
+  flmm-probe record --backbone organism --data shapes:test:200 --store runs/shapes/store
+  flmm-probe analyze --store runs/shapes/store --data shapes:test:200 --out runs/shapes
+  flmm-probe record-image --backbone llava-hf/llava-1.5-7b-hf --dtype bfloat16 --image cat.jpg \\
       --text "A cat sleeps on a red sofa." --phrase "A cat" --phrase "a red sofa" --out cat.safetensors
   flmm-probe organism train --help
 """
@@ -21,21 +25,74 @@ import sys
 from collections.abc import Sequence
 
 
-def _record(args: argparse.Namespace) -> int:
+def _backbone(args: argparse.Namespace):
+    """The Backbone named by --backbone: "organism[:VARIANT]" (the embedded default), a hub id or a folder."""
     import torch
 
     from .backbones import load_backbone
 
+    if args.backbone.split(":")[0] == "organism":
+        from .organism import load_organism
+
+        _, _, variant = args.backbone.partition(":")
+        return load_backbone(*load_organism(variant or "small"))
     kwargs = {}
     if args.dtype:
         kwargs["dtype"] = getattr(torch, args.dtype)
     if args.device_map:
         kwargs["device_map"] = args.device_map
-    backbone = load_backbone(args.model, **kwargs)
+    return load_backbone(args.backbone, **kwargs)
+
+
+def _record(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from .data.sources import open_dataset
+    from .recording import record_dataset
+    from .store import Store
+
+    backbone = _backbone(args)
+    config = {"backbone": args.backbone, "instruction": backbone.instruction, "data": args.data}
+    store = Store.create(args.store, config, maps_dtype=args.maps_dtype, exist_ok=True)
+    # torchrun and accelerate launch set RANK and WORLD_SIZE; each rank writes its own shards.
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    report = record_dataset(
+        backbone, open_dataset(args.data), store, batch_size=args.batch_size, rank=rank, world_size=world_size,
+        shard_size=args.shard_size,
+    )
+    print(json.dumps({"rank": rank, **report.as_dict()}))
+    if world_size > 1:
+        # Ranks only meet here: once every rank has written its shards, rank 0 writes the one manifest.
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        dist.barrier()
+        if rank == 0:
+            store.consolidate()
+        dist.destroy_process_group()
+    else:
+        store.consolidate()
+    return 0
+
+
+def _record_image(args: argparse.Namespace) -> int:
+    backbone = _backbone(args)
     record = backbone.record(args.image, args.text, args.phrase, pooling=args.pooling, hidden_states=not args.no_hidden)
     record.save(args.out)
     shapes = ", ".join(f"{kind} {tuple(m.shape)}" for kind, m in record.maps.items())
     print(f"{len(record.phrases)} phrases -> {args.out}  maps (phrase layer head y x): {shapes}")
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from analyses.run import analyze
+
+    from .data.sources import open_dataset
+    from .store import Store
+
+    for name, path in analyze(Store.open(args.store), open_dataset(args.data), args.out, sinks=args.sinks).items():
+        print(f"{name}: {path}")
     return 0
 
 
@@ -59,6 +116,15 @@ def _organism(args: argparse.Namespace) -> int:
     return train_main(args.rest)
 
 
+def _backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backbone", default="organism",
+        help='"organism[:VARIANT]" (the embedded default), or a hub id / local folder of an HF image-text-to-text model',
+    )
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype when loading")
+    parser.add_argument("--device-map", help='e.g. "auto" to spread a large model over the GPUs')
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flmm-probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -75,18 +141,39 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(run=_backbones)
 
     record = commands.add_parser(
-        "record", help="record one image + text + phrases", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        "record", help="record a dataset into a store (resumable; torchrun-aware)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    record.add_argument("--model", required=True, help="hub id or local folder of an HF image-text-to-text model")
-    record.add_argument("--image", required=True, help="image file")
-    record.add_argument("--text", required=True, help="text fed as the assistant's answer")
-    record.add_argument("--phrase", action="append", required=True, help="a phrase of the text (repeat for more)")
-    record.add_argument("--out", required=True, help="output .safetensors AttentionRecord")
-    record.add_argument("--pooling", choices=["mean", "max"], default="mean", help="merge of a phrase's tokens")
-    record.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype when loading")
-    record.add_argument("--device-map", help='e.g. "auto" to spread a large model over the GPUs')
-    record.add_argument("--no-hidden", action="store_true", help="do not keep the phrase tokens' hidden states")
+    _backbone_arguments(record)
+    record.add_argument("--data", required=True, help="dataset spec: shapes:SPLIT:N[:TASK], refcoco:ROOT:SPLIT, png:ROOT:SPLIT")
+    record.add_argument("--store", required=True, help="store folder (created, or resumed if it exists)")
+    record.add_argument("--batch-size", type=int, default=1)
+    record.add_argument("--shard-size", type=int, default=64, help="samples per shard file")
+    record.add_argument("--maps-dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     record.set_defaults(run=_record)
+
+    one = commands.add_parser(
+        "record-image", help="record one image + text + phrases into a file",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _backbone_arguments(one)
+    one.add_argument("--image", required=True, help="image file")
+    one.add_argument("--text", required=True, help="text fed as the assistant's answer")
+    one.add_argument("--phrase", action="append", required=True, help="a phrase of the text (repeat for more)")
+    one.add_argument("--out", required=True, help="output .safetensors AttentionRecord")
+    one.add_argument("--pooling", choices=["mean", "max"], default="mean", help="merge of a phrase's tokens")
+    one.add_argument("--no-hidden", action="store_true", help="do not keep the phrase tokens' hidden states")
+    one.set_defaults(run=_record_image)
+
+    analyze = commands.add_parser(
+        "analyze", help="score a store's maps against the dataset's masks (parquet tables for figures)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    analyze.add_argument("--store", required=True)
+    analyze.add_argument("--data", required=True, help="the dataset spec the store was recorded from")
+    analyze.add_argument("--out", required=True, help="run folder for the tables")
+    analyze.add_argument("--sinks", action="store_true", help="zero attention-sink cells before scoring")
+    analyze.set_defaults(run=_analyze)
 
     organism = commands.add_parser("organism", help="the embedded default models")
     organism_commands = organism.add_subparsers(dest="organism_command", required=True, metavar="ACTION")
