@@ -5,7 +5,7 @@
 Writes into the output folder (never re-running the LMM: records come from the store):
     scores.parquet              sample phrase layer head metric value + phrase attributes (analyses.score)
     baselines.parquet           sample phrase baseline metric value (uniform map, centre prior)
-    localization_heads.parquet  layer head image_mass passes_mass low_entropy_share selected
+    heads.parquet               localization heads: layer head image_mass passes_mass low_entropy_share selected
     head_table.parquet          layer head estimate low high n rank, for the pointing game
 """
 
@@ -64,7 +64,7 @@ def analyze(store: Store, dataset: GroundingDataset, out: str | Path, sinks: boo
     frames = {
         "scores": score_records(samples, sinks=sinks, progress=progress),
         "baselines": baseline_frame(samples),
-        "localization_heads": localization_heads(StoredRecords(store, [s.sample_id for s in samples])),
+        "heads": localization_heads(StoredRecords(store, [s.sample_id for s in samples])),
     }
     frames["head_table"] = head_table(frames["scores"], "pointing")
     paths = {}

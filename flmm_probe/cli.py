@@ -6,12 +6,14 @@ Commands:
   record             record a dataset into a store (resumable; one shard set per torchrun rank)
   record-image       record one image + text + phrases into an AttentionRecord file
   analyze            score every layer's and head's maps against the masks -> parquet tables
+  figures            render the figures of a run folder (PDF + PNG)
   organism train     retrain the embedded default models from a seed
 
 Examples:
   flmm-probe demo
   flmm-probe record --backbone organism --data shapes:test:200 --store runs/shapes/store
   flmm-probe analyze --store runs/shapes/store --data shapes:test:200 --out runs/shapes
+  flmm-probe figures runs/shapes
   flmm-probe record-image --backbone llava-hf/llava-1.5-7b-hf --dtype bfloat16 --image cat.jpg \\
       --text "A cat sleeps on a red sofa." --phrase "A cat" --phrase "a red sofa" --out cat.safetensors
   flmm-probe organism train --help
@@ -96,6 +98,12 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _figures(args: argparse.Namespace) -> int:
+    from figures.render import main as figures_main
+
+    return figures_main(args.rest)  # its own parser: flmm-probe figures --help
+
+
 def _backbones(args: argparse.Namespace) -> int:
     from .backbones import list_backbones
 
@@ -175,16 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--sinks", action="store_true", help="zero attention-sink cells before scoring")
     analyze.set_defaults(run=_analyze)
 
+    figures = commands.add_parser("figures", help="render every figure a run folder allows (see its --help)", add_help=False)
+    figures.set_defaults(run=_figures, passthrough=True)
+
     organism = commands.add_parser("organism", help="the embedded default models")
     organism_commands = organism.add_subparsers(dest="organism_command", required=True, metavar="ACTION")
     train = organism_commands.add_parser("train", help="retrain them from a seed (see its --help)", add_help=False)
-    train.add_argument("rest", nargs=argparse.REMAINDER)
-    train.set_defaults(run=_organism)
+    train.set_defaults(run=_organism, passthrough=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # Commands with a parser of their own (figures, organism train) receive the remaining arguments.
+    if rest and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return args.run(args)
 

@@ -18,10 +18,10 @@ def test_analyze_writes_every_table(tmp_path):
     record_dataset(load_backbone(model, processor), dataset, store, batch_size=2, progress=False)
     paths = analyze(store, dataset, tmp_path / "run", progress=False)
     tables = load(tmp_path / "run")
-    assert set(tables) == set(paths) == {"scores", "baselines", "localization_heads", "head_table"}
+    assert set(tables) == set(paths) == {"scores", "baselines", "heads", "head_table"}
     scores = tables["scores"]
     n_phrases = int(store.manifest.shape[0])
     assert scores.groupby("metric", observed=True).size().eq(n_phrases * 3 * 5).all()  # 3 layers x (4 heads + mean)
     assert set(scores["task"]) == {"res", "png"} and scores["value"].notna().any()
-    assert len(tables["localization_heads"]) == 12 and tables["localization_heads"]["selected"].sum() == 10
+    assert len(tables["heads"]) == 12 and tables["heads"]["selected"].sum() == 10
     assert isinstance(tables["head_table"], pd.DataFrame) and tables["head_table"]["rank"].min() == 1
