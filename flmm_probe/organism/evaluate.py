@@ -140,8 +140,12 @@ def pointing(model: LlavaForConditionalGeneration, processor: LlavaProcessor, sc
     return Pointing(np.mean(hits, axis=0), np.mean(wrong, axis=0), float(np.mean(uniform)), len(hits))
 
 
-def report(path: str, n: int = 100, splits: tuple[str, ...] = ("test", "compositional"), seed: int = 0) -> dict:
-    """All scores of the LMM saved at ``path`` on the first ``n`` scenes of each split (JSON-ready)."""
+def report(path: str, n: int = 100, splits: tuple[str, ...] = ("test", "compositional"), seed: int = 0,
+           pointing_only: bool = False) -> dict:
+    """All scores of the LMM saved at ``path`` on the first ``n`` scenes of each split (JSON-ready).
+
+    Captions and questions use scenes ``0..n-1``; pointing uses the first ``n`` scenes with 3+ objects.
+    """
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(path)
     out: dict = {"path": str(path)}
@@ -150,9 +154,11 @@ def report(path: str, n: int = 100, splits: tuple[str, ...] = ("test", "composit
         crowded = [s for s in (make_scene(split, i, seed) for i in range(3 * n)) if len(s.objects) >= 3][:n]
         score = pointing(model, processor, crowded)
         layer, head = score.best_head
-        out[split] = {
+        out[split] = {} if pointing_only else {
             "caption": caption_accuracy(model, processor, scenes),
             "qa": qa_accuracy(model, processor, scenes),
+        }
+        out[split] |= {
             "pointing_best_head": [layer, head],
             "pointing_best": float(score.hit[layer, head]),
             "wrong_object_best": float(score.wrong_object[layer, head]),
@@ -171,11 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paths", nargs="+", help="save_pretrained folders of organism LMMs")
     p.add_argument("--n", type=int, default=100, help="scenes per split")
     p.add_argument("--splits", nargs="+", default=["test", "compositional"])
+    p.add_argument("--pointing-only", action="store_true", help="skip captions and questions")
     p.add_argument("--sam", help="folder of an organism SAM to score (box-prompted mIoU)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = [report(path, args.n, tuple(args.splits)) for path in args.paths]
+    results = [report(path, args.n, tuple(args.splits), pointing_only=args.pointing_only) for path in args.paths]
     if args.sam:
         sam = load_sam(Path(args.sam))
         results.append({"path": args.sam, **{s: {"box_miou": box_miou(sam, [make_scene(s, i) for i in range(args.n)])} for s in args.splits}})

@@ -1,0 +1,155 @@
+"""The organism: builders, chat format, a tiny end-to-end training run, and the shipped models' scores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
+
+from flmm_probe.data.shapes import COLOURS, DESCRIBE, IMAGE_SIZE, SHAPES, make_scene
+from flmm_probe.organism import WEIGHTS_DIR, OrganismNotFoundError, load_organism, load_organism_sam, organism_path
+from flmm_probe.organism.build import VARIANTS, build_processor
+from flmm_probe.organism.evaluate import caption_accuracy, pointing, qa_accuracy
+from flmm_probe.organism.sam import box_miou
+from flmm_probe.organism.text import IGNORE, encode
+from flmm_probe.organism.train import main
+from flmm_probe.organism.vision import patch_labels
+
+# A fixed held-out set: the first 100 scenes of the test split (seed 0).
+HELD_OUT = [make_scene("test", i) for i in range(100)]
+CROWDED = [s for s in (make_scene("test", i) for i in range(300)) if len(s.objects) >= 3][:100]
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.set_num_threads(1)
+    return load_organism("small")
+
+
+def _prompt(processor: LlavaProcessor, instruction: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def test_chat_template_and_image_expansion():
+    for variant, cfg in VARIANTS.items():
+        processor = build_processor(cfg.patch)
+        prompt = _prompt(processor, DESCRIBE)
+        assert prompt == f"USER: <image>\n{DESCRIBE} ASSISTANT: "
+        inputs = processor(images=make_scene("val", 0).image, text=prompt + "a small red circle.", return_tensors="pt")
+        n_image = (inputs["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<image>")).sum().item()
+        assert n_image == (IMAGE_SIZE // cfg.patch) ** 2, variant
+        assert inputs["pixel_values"].shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
+        assert processor.tokenizer.unk_token_id not in inputs["input_ids"][0].tolist()
+
+
+def test_offsets_map_words():
+    tok = build_processor(8).tokenizer
+    text = "two green crosses, a small red circle."
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    assert [text[a:b] for a, b in enc["offset_mapping"]] == ["two", "green", "crosses", ",", "a", "small", "red", "circle", "."]
+
+
+def test_training_ids_match_the_processor():
+    processor = build_processor(8)
+    scene = make_scene("val", 4)
+    turns = [(DESCRIBE, scene.caption), (scene.qa[0].question, scene.qa[0].answer)]
+    ids, labels = encode(turns, processor.tokenizer, 100)
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": turns[0][0]}]},
+        {"role": "assistant", "content": [{"type": "text", "text": turns[0][1]}]},
+        {"role": "user", "content": [{"type": "text", "text": turns[1][0]}]},
+        {"role": "assistant", "content": [{"type": "text", "text": turns[1][1]}]},
+    ]
+    text = processor.apply_chat_template(messages)
+    assert processor(images=scene.image, text=text)["input_ids"][0] == ids
+    supervised = processor.tokenizer.decode([i for i, lab in zip(ids, labels) if lab != IGNORE])
+    assert supervised.split() == (scene.caption + " </s> " + scene.qa[0].answer + " </s>").replace(",", " ,").replace(".", " .").split()
+
+
+def test_patch_labels_follow_the_masks():
+    scene = make_scene("val", 2)
+    labels = patch_labels(scene, 8)
+    grid = IMAGE_SIZE // 8
+    for o in scene.objects:
+        y, x = int(o.cy) // 8, int(o.cx) // 8  # the patch holding the centre is owned by the object
+        assert labels["shape"][y * grid + x] == SHAPES.index(o.shape)
+        assert labels["colour"][y * grid + x] == list(COLOURS).index(o.colour)
+    assert (labels["shape"] == len(SHAPES)).any(), "background patches get the 'none' class"
+
+
+def test_short_training_run_end_to_end(tmp_path):
+    argv = ["--out", str(tmp_path), "--variants", "small", "--steps", "2", "--batch", "2", "--checkpoints", "2",
+            "--vision-steps", "2", "--sam-steps", "2", "--sam-batch", "1"]
+    assert main(argv) == 0
+    run = tmp_path / "small"
+    assert sorted(p.name for p in run.iterdir()) == ["final", "step_00000", "step_00001", "step_00002"]
+    model = AutoModelForImageTextToText.from_pretrained(run / "final")
+    assert isinstance(model, LlavaForConditionalGeneration)
+    assert json.loads((run / "final" / "training.json").read_text())["step"] == 2
+    assert (tmp_path / "sam" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_shipped_models_load_offline_with_auto_classes(variant):
+    path = WEIGHTS_DIR / variant
+    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    assert isinstance(model, LlavaForConditionalGeneration) and isinstance(processor, LlavaProcessor)
+    assert model.config.vision_feature_select_strategy == "default" and model.config.vision_feature_layer == -1
+    assert model.config.text_config.num_hidden_layers >= 4 and model.config.text_config.num_attention_heads >= 4
+    scene = make_scene("test", 0)
+    inputs = processor(images=scene.image, text=_prompt(processor, DESCRIBE), return_tensors="pt")
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.shape[-1] == model.config.text_config.vocab_size and torch.isfinite(logits).all()
+
+
+def test_shipped_size_budget():
+    total = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
+    assert total <= 30 * 2**20
+
+
+def test_unknown_variant_raises():
+    with pytest.raises(OrganismNotFoundError, match="choose one of"):
+        organism_path("huge")
+    with pytest.raises(OrganismNotFoundError, match="organism train"):
+        organism_path("small", step=123456)
+
+
+def test_shipped_small_captions(small):
+    scores = caption_accuracy(*small, HELD_OUT)
+    assert min(scores["colour"], scores["shape"], scores["size"]) >= 0.95, scores
+
+
+def test_shipped_small_answers_questions(small):
+    scores = qa_accuracy(*small, HELD_OUT)
+    assert scores["all"] >= 0.90, scores
+
+
+def test_grounding_emerges_in_shipped_small(small):
+    score = pointing(*small, CROWDED)
+    assert score.hit.max() >= 0.90, (score.best_head, score.hit.max(), score.uniform)
+    assert score.uniform < 0.2
+
+
+def test_shipped_sam_box_miou():
+    sam = load_organism_sam()
+    assert box_miou(sam, HELD_OUT[:50]) >= 0.90
+
+
+def test_shipped_sam_predictor_works():
+    from segment_anything import SamPredictor
+
+    predictor = SamPredictor(load_organism_sam())
+    scene = HELD_OUT[1]
+    predictor.set_image(scene.image)
+    obj = scene.objects[0]
+    ys, xs = np.nonzero(obj.mask)
+    masks, scores, _ = predictor.predict(box=np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]), multimask_output=False)
+    assert masks.shape == (1, IMAGE_SIZE, IMAGE_SIZE)
+    assert (masks[0] & obj.mask).sum() / (masks[0] | obj.mask).sum() > 0.7
