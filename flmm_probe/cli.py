@@ -6,6 +6,9 @@ Commands:
   record             record a dataset into a store (resumable; one shard set per torchrun rank)
   record-image       record one image + text + phrases into an AttentionRecord file
   analyze            score every layer's and head's maps against the masks -> parquet tables
+  fit                fit the U-Net mask decoder and the SAM refiner from a store
+  evaluate           RES (cIoU, gIoU, P@t) and PNG (average recall) metrics of a fitted grounder
+  segment            one image + phrases -> mask PNGs and an overlay
   figures            render the figures of a run folder (PDF + PNG)
   organism train     retrain the embedded default models from a seed
 
@@ -14,6 +17,9 @@ Examples:
   flmm-probe record --backbone organism --data shapes:test:200 --store runs/shapes/store
   flmm-probe analyze --store runs/shapes/store --data shapes:test:200 --out runs/shapes
   flmm-probe figures runs/shapes
+  flmm-probe record --backbone organism --data shapes:train:400:mix --store runs/shapes/train
+  flmm-probe fit --store runs/shapes/train --data shapes:train:400:mix --out runs/shapes/fit
+  flmm-probe evaluate --run runs/shapes/fit --store runs/shapes/store --data shapes:test:200
   flmm-probe record-image --backbone llava-hf/llava-1.5-7b-hf --dtype bfloat16 --image cat.jpg \\
       --text "A cat sleeps on a red sofa." --phrase "A cat" --phrase "a red sofa" --out cat.safetensors
   flmm-probe organism train --help
@@ -98,6 +104,76 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sam(spec: str):
+    """A segment_anything Sam from "organism", "vit_b|vit_l|vit_h:CHECKPOINT" or a checkpoint path."""
+    if spec == "organism":
+        from .organism import load_organism_sam
+
+        return load_organism_sam()
+    from .decoder.refiner import load_sam
+
+    kind, _, checkpoint = spec.partition(":")
+    return load_sam(kind, checkpoint) if checkpoint else load_sam(spec)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from .cache import EmbeddingCache
+    from .data.sources import open_dataset
+    from .fit import FitConfig, fit
+    from .store import Store
+
+    config = FitConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, maps=args.maps,
+        use_refiner=not args.no_refiner, use_text=not args.no_text,
+    )
+    sam = None if args.no_refiner else _sam(args.sam)
+    cache = EmbeddingCache(args.cache) if args.cache else None
+    run = fit(Store.open(args.store), open_dataset(args.data), sam, config, args.out, cache=cache)
+    print(f"grounder -> {run}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .cache import EmbeddingCache
+    from .data.sources import open_dataset
+    from .evaluate import evaluate, format_table
+    from .fit import load_grounder
+    from .store import Store
+
+    grounder = load_grounder(args.run, None if args.no_refiner else _sam(args.sam))
+    cache = EmbeddingCache(args.cache) if args.cache else None
+    per_phrase, summary = evaluate(grounder, Store.open(args.store), open_dataset(args.data), cache)
+    out = Path(args.out or args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    per_phrase.to_parquet(out / "per_phrase.parquet")
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    print(format_table(summary))
+    return 0
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from PIL import Image
+
+    from .evaluate import overlay, segment
+    from .fit import load_grounder
+
+    grounder = load_grounder(args.run, None if args.no_refiner else _sam(args.sam))
+    masks, _, _ = segment(_backbone(args), grounder, args.image, args.text, args.phrase)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (phrase, mask) in enumerate(zip(args.phrase, masks)):
+        Image.fromarray(mask.astype("uint8") * 255).save(out / f"mask_{i}.png")
+        print(f"{phrase!r}: {int(mask.sum())} pixels -> {out / f'mask_{i}.png'}")
+    overlay(args.image, masks, args.phrase).save(out / "overlay.png")
+    print(f"overlay -> {out / 'overlay.png'}")
+    return 0
+
+
 def _figures(args: argparse.Namespace) -> int:
     from figures.render import main as figures_main
 
@@ -131,6 +207,11 @@ def _backbone_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype when loading")
     parser.add_argument("--device-map", help='e.g. "auto" to spread a large model over the GPUs')
+
+
+def _sam_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sam", default="organism", help='"organism", "vit_l:CHECKPOINT" or a SAM checkpoint path')
+    parser.add_argument("--no-refiner", action="store_true", help="coarse U-Net masks only, no SAM")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +263,48 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", required=True, help="run folder for the tables")
     analyze.add_argument("--sinks", action="store_true", help="zero attention-sink cells before scoring")
     analyze.set_defaults(run=_analyze)
+
+    fit = commands.add_parser(
+        "fit", help="fit the U-Net decoder and SAM refiner from a store (torchrun-aware)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    fit.add_argument("--store", required=True)
+    fit.add_argument("--data", required=True, help="the dataset spec the store was recorded from (for the masks)")
+    fit.add_argument("--out", required=True, help="run folder: grounder.json, weights, log.jsonl")
+    _sam_arguments(fit)
+    fit.add_argument("--cache", help="SAM image-embedding cache folder (default: RUN/sam_embeddings)")
+    fit.add_argument("--epochs", type=int, default=8)
+    fit.add_argument("--batch-size", type=int, default=8, help="phrases per step per process")
+    fit.add_argument("--lr", type=float, default=1e-4)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--maps", choices=["stacked", "fused"], default="stacked", help="view kinds as channels, or averaged")
+    fit.add_argument("--no-text", action="store_true", help="no phrase-token prompts for the refiner")
+    fit.set_defaults(run=_fit)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="RES and PNG metrics of a fitted grounder on a recorded dataset",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    evaluate.add_argument("--run", required=True, help="the fit's run folder")
+    evaluate.add_argument("--store", required=True)
+    evaluate.add_argument("--data", required=True)
+    _sam_arguments(evaluate)
+    evaluate.add_argument("--cache", help="SAM image-embedding cache folder")
+    evaluate.add_argument("--out", help="where metrics.json and per_phrase.parquet go (default: --run)")
+    evaluate.set_defaults(run=_evaluate)
+
+    segment = commands.add_parser(
+        "segment", help="one image + phrases -> mask PNGs and an overlay",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _backbone_arguments(segment)
+    segment.add_argument("--run", required=True, help="the fit's run folder")
+    _sam_arguments(segment)
+    segment.add_argument("--image", required=True)
+    segment.add_argument("--text", required=True)
+    segment.add_argument("--phrase", action="append", required=True)
+    segment.add_argument("--out", required=True, help="folder for mask_<i>.png and overlay.png")
+    segment.set_defaults(run=_segment)
 
     figures = commands.add_parser("figures", help="render every figure a run folder allows (see its --help)", add_help=False)
     figures.set_defaults(run=_figures, passthrough=True)

@@ -9,7 +9,7 @@ def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for command in ("demo", "backbones", "record", "record-image", "analyze", "figures", "organism train"):
+    for command in ("demo", "backbones", "record", "record-image", "analyze", "fit", "evaluate", "segment", "figures", "organism train"):
         assert command in text
 
 
