@@ -190,7 +190,7 @@ def _backbones(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    print(run_demo(num_scenes=args.scenes, variant=args.variant))
+    print(run_demo(args.out, num_scenes=args.scenes, train_scenes=args.train_scenes, epochs=args.epochs, variant=args.variant))
     return 0
 
 
@@ -221,8 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO level)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="record and score attention on the embedded default")
-    demo.add_argument("--scenes", type=int, default=48, help="held-out shapes-world scenes to record")
+    demo = commands.add_parser(
+        "demo", help="the whole pipeline on the embedded default", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    demo.add_argument("--out", default="runs/demo", help="run folder (rerunning resumes)")
+    demo.add_argument("--scenes", type=int, default=48, help="held-out shapes-world scenes to analyse and evaluate")
+    demo.add_argument("--train-scenes", type=int, default=160, help="shapes-world scenes to fit the decoder on")
+    demo.add_argument("--epochs", type=int, default=4)
     demo.add_argument("--variant", default="small", help="organism variant")
     demo.set_defaults(run=_demo)
 

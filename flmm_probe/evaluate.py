@@ -201,16 +201,22 @@ def segment(
     return masks, coarse.cpu(), refined.cpu() if refined is not None else None
 
 
-def overlay(image: ImageLike, masks: np.ndarray, phrases: Sequence[str], alpha: float = 0.5) -> Image.Image:
+def overlay(
+    image: ImageLike, masks: np.ndarray, phrases: Sequence[str], alpha: float = 0.5, min_side: int = 480
+) -> Image.Image:
     """The image with each (H, W) bool mask of `masks` (n, H, W) tinted in its own colour-blind-safe colour,
     outlined, and labelled with its phrase at its top-left corner (in the top-left corner of the image,
-    marked "(no mask)", when the mask is empty). Returns an RGB PIL image of the image's size."""
+    marked "(no mask)", when the mask is empty). Returns an RGB PIL image of the image's size, enlarged by
+    an integer factor (nearest neighbour) until its short side reaches `min_side`, so that labels stay
+    readable on small images."""
     base = load_image(image)
     masks = np.asarray(masks, bool)
     if masks.shape[1:] != (base.height, base.width) or len(masks) != len(phrases):
         raise ValueError(f"Need one (H, W) = {(base.height, base.width)} mask per phrase, got {masks.shape} "
                          f"for {len(phrases)} phrases.")
-    out = np.asarray(base, np.float32).copy()
+    scale = max(1, -(-min_side // min(base.height, base.width)))
+    masks = masks.repeat(scale, axis=1).repeat(scale, axis=2)
+    out = np.asarray(base, np.float32).repeat(scale, axis=0).repeat(scale, axis=1)
     for i, mask in enumerate(masks):
         out[mask] = (1 - alpha) * out[mask] + alpha * np.array(PALETTE[i % len(PALETTE)], np.float32)
         # outline: mask pixels with a 4-neighbour outside the mask
@@ -219,7 +225,7 @@ def overlay(image: ImageLike, masks: np.ndarray, phrases: Sequence[str], alpha: 
         out[mask & ~inner] = PALETTE[i % len(PALETTE)]
     result = Image.fromarray(out.round().astype(np.uint8))
     draw = ImageDraw.Draw(result)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=max(11, min(result.size) // 32))
     empty_row = 0
     for i, (mask, phrase) in enumerate(zip(masks, phrases)):
         ys, xs = np.nonzero(mask)

@@ -98,12 +98,15 @@ def test_segment_and_overlay_end_to_end(llava):
 
     masks = np.zeros((2, 40, 56), bool)
     masks[0, 5:35, 5:25] = True
-    picture = overlay(image, masks, ["a red circle", "a blue square"])
+    picture = overlay(image, masks, ["a red circle", "a blue square"], min_side=0)
     assert isinstance(picture, Image.Image) and picture.size == (56, 40)
     pixels = np.asarray(picture)
     assert tuple(pixels[30, 5]) == PALETTE[0]  # the outline (below the label) has the mask's colour
     blend = np.round(0.5 * image[30, 15] + 0.5 * np.array(PALETTE[0])).astype(np.uint8)
     assert np.abs(pixels[30, 15].astype(int) - blend).max() <= 1  # the inside is tinted
     assert (pixels[30:, 30:] == image[30:, 30:]).all()  # outside masks and labels the image is unchanged
+    enlarged = np.asarray(overlay(image, masks, ["a red circle", "a blue square"], min_side=120))
+    assert enlarged.shape == (120, 168, 3)  # x3, nearest neighbour: the same picture, larger
+    assert (enlarged[90:, 90:] == image[30:, 30:].repeat(3, 0).repeat(3, 1)).all()
     with pytest.raises(ValueError, match="one"):
         overlay(image, masks[:1], ["a red circle", "a blue square"])
