@@ -19,9 +19,10 @@ from segment_anything import SamPredictor
 
 from flmm_probe.metrics import intersection_union, res_scores
 
-from .score import ScoredSample, record_maps
+from .score import ScoredSample, centre_prior, record_maps
 
 METHODS = ("attention", "sam_box", "sam_point", "sam_box_point")
+BASELINES = ("uniform", "centre")  # a whole-image mask; the centre prior thresholded like the heat maps
 
 
 def head_heatmap(maps: torch.Tensor, heads: Sequence[tuple[int, int]], image_size: tuple[int, int]) -> torch.Tensor:
@@ -86,13 +87,19 @@ def evaluate_training_free(
     """Training-free masks of every phrase, scored like the fitted decoder.
 
     samples: (scored sample, its image HxWx3 uint8). Returns (per phrase: sample phrase method
-    intersection union iou, per method: the RES scores cIoU gIoU P@0.5..0.9).
+    intersection union iou, per method: the RES scores cIoU gIoU P@0.5..0.9). The methods include the
+    map-free baselines of BASELINES.
     """
     rows = []
     for sample, image in samples:
         maps = record_maps(sample.record, kind)
-        heat = head_heatmap(maps, heads, image.shape[:2])
-        for method, masks in training_free_masks(image, heat, threshold, predictor).items():
+        size = image.shape[:2]
+        heat = head_heatmap(maps, heads, size)
+        n = len(sample.masks)
+        centre = centre_prior(size, sigma=0.25)
+        baselines = {"uniform": np.ones((n, *size), bool), "centre": np.repeat((centre >= threshold).numpy()[None], n, axis=0)}
+        predicted = {**training_free_masks(image, heat, threshold, predictor), **baselines}
+        for method, masks in predicted.items():
             for phrase, (pred, truth) in enumerate(zip(masks, sample.masks)):
                 inter, union = intersection_union(pred, truth)
                 rows.append({"sample": sample.sample_id, "phrase": phrase, "method": method,

@@ -33,7 +33,9 @@ def test_grounding_head_beats_a_noise_head_and_sam_runs():
     samples = [sample_with_grounding_head(seed) for seed in range(4)]
     _, good = evaluate_training_free(samples, [(1, 2)])
     _, noise = evaluate_training_free(samples, [(0, 0)])
-    assert good.loc[0, "cIoU"] > 0.6 > noise.loc[0, "cIoU"]
+    good, noise = good.set_index("method"), noise.set_index("method")
+    assert good.loc["attention", "cIoU"] > 0.6 > noise.loc["attention", "cIoU"]
+    assert good.loc["attention", "cIoU"] > 2 * max(good.loc["uniform", "cIoU"], good.loc["centre", "cIoU"])
     per_phrase, summary = evaluate_training_free(samples[:1], [(1, 2)], predictor=SamPredictor(tiny_sam()))
-    assert list(summary["method"]) == ["attention", "sam_box", "sam_point", "sam_box_point"]
+    assert list(summary["method"]) == ["attention", "sam_box", "sam_point", "sam_box_point", "uniform", "centre"]
     assert per_phrase["iou"].between(0, 1).all()
