@@ -1,30 +1,43 @@
 """The whole pipeline on the embedded default, in minutes on a CPU (`flmm-probe demo`).
 
-shapes world + organism LLaVA: record train and test scenes into stores -> analyse where grounding
-lives (every layer and head against the masks, with baselines) -> fit the U-Net decoder and the SAM
-refiner from the train store -> evaluate RES and PNG metrics on the test store -> segment one scene ->
-render the figures. Every stage reads what the stage before wrote; rerunning resumes.
+shapes world + organism LLaVA:
+  1. record train and test scenes into stores (the LMM runs once per sample, never again);
+  2. where grounding lives: every layer's and head's maps of the test split against the masks, with
+     uniform and centre-prior baselines;
+  3. how far attention alone gets: masks from the top 3 heads (chosen on the train split), alone and as
+     SAM box / point prompts;
+  4. fit the U-Net decoder and the SAM refiner on the train store, evaluate RES and PNG metrics on the
+     test store;
+  5. segment one scene, and render every figure.
+Every stage reads what the stage before wrote; rerunning resumes the recordings.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from segment_anything import SamPredictor
 
 from analyses.emergence import baseline_table, layer_curve
 from analyses.run import analyze, load
+from analyses.score import ScoredSample
+from analyses.training_free import evaluate_training_free, head_heatmap, training_free_masks
+from figures.overlays import head_scores
 from figures.render import render_all
 
-from .backbones import load_backbone
+from .backbones import Backbone, load_backbone
+from .data.samples import GroundingDataset
 from .data.sources import ShapesGrounding
 from .evaluate import evaluate, format_table, overlay, segment
-from .fit import FitConfig, fit, load_grounder
+from .fit import FitConfig, Grounder, fit, load_grounder
 from .organism import load_organism, load_organism_sam
 from .recording import record_dataset
 from .store import Store
 
-log = logging.getLogger(__name__)
+TRAINING_FREE_HEADS = 3
 
 
 def run_demo(
@@ -35,39 +48,88 @@ def run_demo(
     backbone = load_backbone(*load_organism(variant))
     sam = load_organism_sam()
     train, test = ShapesGrounding("train", train_scenes, "mix"), ShapesGrounding("test", num_scenes, "mix")
-    stores = {}
-    for name, dataset in (("train", train), ("test", test)):
-        stores[name] = Store.create(out / f"store_{name}", {"backbone": f"organism:{variant}", "data": name}, exist_ok=True)
-        record_dataset(backbone, dataset, stores[name], batch_size=8)
-        stores[name].consolidate()
+    stores = {name: _record(backbone, data, out / f"store_{name}", variant) for name, data in (("train", train), ("test", test))}
 
     analyze(stores["test"], test, out / "analysis")
     tables = load(out / "analysis")
-    figures = render_all(out / "analysis")
 
-    config = FitConfig(epochs=epochs, batch_size=8, lr=1e-3)
-    run = fit(stores["train"], train, sam, config, out / "fit")
-    grounder = load_grounder(run, sam)
+    analyze(stores["train"], train, out / "selection", progress=False)
+    ranked = load(out / "selection")["head_table"]
+    heads = [(int(layer), int(head)) for layer, head in ranked[["layer", "head"]].head(TRAINING_FREE_HEADS).to_numpy()]
+    res = [
+        (ScoredSample(s.sample_id, stores["test"].read(s.sample_id), list(s.masks())), np.asarray(s.image()))
+        for s in test
+        if s.attributes["task"] == "res"
+    ]
+    _, training_free = evaluate_training_free(res, heads, predictor=SamPredictor(sam))
+    training_free.to_parquet(out / "training_free.parquet")
+
+    # The paper's recipe, but a narrower U-Net at 32 px (the organism's maps are 10x10, not 24x24) and a
+    # larger learning rate, for a CPU and a tiny world.
+    config = FitConfig(epochs=epochs, batch_size=8, lr=1e-3, base_channels=16, long_side=32)
+    grounder = load_grounder(fit(stores["train"], train, sam, config, out / "fit"), sam)
     per_phrase, summary = evaluate(grounder, stores["test"], test)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     per_phrase.to_parquet(out / "per_phrase.parquet")
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
 
+    _figure_inputs(out / "analysis", res[:4], heads, grounder, tables["scores"])
+    figures = render_all(out / "analysis")
     scene = next(s for s in test if s.attributes["task"] == "png")
-    phrases = [p.text for p in scene.phrases]
     masks, _, _ = segment(backbone, grounder, scene.image(), scene.text, scene.spans)
-    overlay(scene.image(), masks, phrases).save(out / "segment_overlay.png")
+    overlay(scene.image(), masks, [p.text for p in scene.phrases]).save(out / "segment_overlay.png")
+    return _report(out, tables, training_free, heads, summary, len(figures), scene.text)
 
-    return _report(out, tables, summary, len(figures), scene.text)
+
+def _record(backbone: Backbone, dataset: GroundingDataset, root: Path, variant: str) -> Store:
+    store = Store.create(root, {"backbone": f"organism:{variant}", "data": dataset.split}, exist_ok=True)
+    record_dataset(backbone, dataset, store, batch_size=8)
+    store.consolidate()
+    return store
 
 
-def _report(out: Path, tables: dict, summary: dict, n_figures: int, text: str) -> str:
+def _figure_inputs(
+    folder: Path, res: list[tuple[ScoredSample, np.ndarray]], heads: list[tuple[int, int]], grounder: Grounder, scores: pd.DataFrame
+) -> None:
+    """masks.npz (training-free vs fitted masks) and overlays.npz (top heads of one phrase), for figures/."""
+    predictions: dict[str, list[np.ndarray]] = {"training_free": [], "unet": [], "sam": []}
+    for sample, image in res:
+        heat = head_heatmap(sample.record.fused(), heads, image.shape[:2])
+        predictions["training_free"].append(training_free_masks(image, heat)["attention"][0])
+        embedding, input_size, _ = grounder.refiner.embed(image)
+        coarse, refined = grounder.ground(sample.record, embedding, input_size)
+        predictions["unet"].append((coarse[0] > 0).cpu().numpy())
+        predictions["sam"].append((refined[0] > 0).cpu().numpy())
+    np.savez(
+        folder / "masks.npz",
+        images=np.stack([image for _, image in res]),
+        truth=np.stack([sample.masks[0] for sample, _ in res]),
+        names=np.array([sample.record.text for sample, _ in res]),
+        **{name: np.stack(masks) for name, masks in predictions.items()},
+    )
+    sample, image = res[0]
+    np.savez(
+        folder / "overlays.npz",
+        image=image,
+        mask=sample.masks[0],
+        maps=sample.record.fused()[0].numpy(),
+        values=head_scores(scores, sample.sample_id, 0, "auroc"),
+        metric="auroc",
+        sample=sample.sample_id,
+        phrase=sample.record.phrases[0],
+    )
+
+
+def _report(
+    out: Path, tables: dict, training_free: pd.DataFrame, heads: list, summary: dict, n_figures: int, text: str
+) -> str:
     scores = tables["scores"]
     best = layer_curve(scores, "pointing", head="best", n_boot=200)
     mean = layer_curve(scores, "pointing", head="mean", n_boot=200)
     base = baseline_table(tables["baselines"], "pointing", n_boot=200).set_index("baseline")
     top = tables["head_table"].iloc[0]
     lines = [
-        f"Pointing game on {scores['sample'].nunique()} held-out samples ({int(best['n'].iloc[0])} phrases), 95% CI:",
+        f"Where grounding lives: pointing game on {scores['sample'].nunique()} held-out samples "
+        f"({int(best['n'].iloc[0])} phrases), 95% CI",
         "  layer  best head            head-averaged map",
     ]
     for (_, b), (_, m) in zip(best.iterrows(), mean.iterrows()):
@@ -75,10 +137,12 @@ def _report(out: Path, tables: dict, summary: dict, n_figures: int, text: str) -
             f"  {int(b['layer']):>5}  H{int(b['head']):<2} {b['estimate']:.2f} [{b['low']:.2f}, {b['high']:.2f}]"
             f"   {m['estimate']:.2f} [{m['low']:.2f}, {m['high']:.2f}]"
         )
-    for name in ("uniform", "centre"):
-        lines.append(f"  baseline {name}: {base.loc[name, 'estimate']:.2f}")
-    lines.append(f"Best head: layer {int(top['layer'])} head {int(top['head'])}, pointing {top['estimate']:.2f}")
-    lines += ["", "Segmentation on the held-out split:", format_table(summary), ""]
-    lines.append(f"Segmented: {text!r} -> {out / 'segment_overlay.png'}")
-    lines.append(f"{n_figures} figure files in {out / 'analysis' / 'figures'}; tables in {out / 'analysis'}")
+    lines.append(f"  baselines: uniform map {base.loc['uniform', 'estimate']:.2f}, centre prior {base.loc['centre', 'estimate']:.2f}")
+    lines.append(f"  best head overall: layer {int(top['layer'])} head {int(top['head'])} ({top['estimate']:.2f})")
+    lines += ["", f"Attention alone (top {len(heads)} heads, chosen on the train split: {heads}), referring expressions:"]
+    for _, row in training_free.iterrows():
+        lines.append(f"  {row['method']:<14} cIoU {100 * row['cIoU']:5.1f}  gIoU {100 * row['gIoU']:5.1f}")
+    lines += ["", "Fitted decoder (coarse U-Net, refined by SAM), held-out split:", format_table(summary), ""]
+    lines.append(f"Segmented {text!r} -> {out / 'segment_overlay.png'}")
+    lines.append(f"{n_figures} figure files in {out / 'analysis' / 'figures'}; tables and metrics in {out}")
     return "\n".join(lines)
