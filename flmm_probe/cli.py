@@ -39,11 +39,6 @@ def _backbone(args: argparse.Namespace):
 
     from .backbones import load_backbone
 
-    if args.backbone.split(":")[0] == "organism":
-        from .organism import load_organism
-
-        _, _, variant = args.backbone.partition(":")
-        return load_backbone(*load_organism(variant or "small"))
     kwargs = {}
     if args.dtype:
         kwargs["dtype"] = getattr(torch, args.dtype)

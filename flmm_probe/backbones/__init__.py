@@ -35,12 +35,16 @@ def load_backbone(
     instruction: str = DEFAULT_INSTRUCTION,
     **from_pretrained_kwargs: Any,
 ) -> Backbone:
-    """A Backbone for a model object, a hub id or a local path.
+    """A Backbone for a model object, a hub id, a local path, or "organism[:VARIANT]" (the embedded default).
 
     With an id or a path, the model is loaded with `AutoModelForImageTextToText.from_pretrained(id,
     **from_pretrained_kwargs)` (e.g. dtype=torch.bfloat16, device_map="auto") and the processor with
     `AutoProcessor.from_pretrained(id)`. SDPA is used where the model supports it, eager otherwise.
     """
+    if isinstance(model_or_id, str) and model_or_id.split(":")[0] == "organism":
+        from ..organism import load_organism
+
+        model_or_id, processor = load_organism(model_or_id.partition(":")[2] or "small", **from_pretrained_kwargs)
     if isinstance(model_or_id, (str, Path)):
         model = AutoModelForImageTextToText.from_pretrained(model_or_id, **from_pretrained_kwargs)
         model.requires_grad_(False)
