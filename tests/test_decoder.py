@@ -11,13 +11,7 @@ from flmm_probe.decoder.unet import MaskDecoder, UNetConfig, resize_logits
 LAYERS, HEADS = 2, 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The CPUs are shared: one thread is several times faster than two under contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(in_channels: int, base: int = 8) -> MaskDecoder:

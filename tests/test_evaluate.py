@@ -18,13 +18,7 @@ from flmm_probe.store import Store
 from tiny import tiny_llava
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The CPUs are shared: one thread is several times faster than two under contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

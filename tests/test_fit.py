@@ -23,13 +23,7 @@ from tiny import tiny_llava
 CONFIG = dict(epochs=3, batch_size=4, lr=1e-3, base_channels=8, stages=3, long_side=16, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The CPUs are shared: one thread is several times faster than two under contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_sam() -> torch.nn.Module:

@@ -16,13 +16,7 @@ IMG_SIZE, PATCH, DIM = 64, 16, 32
 TEXT_DIM, TEXT_LAYERS = 24, 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The CPUs are shared: one thread is several times faster than two under contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_sam(seed: int = 0) -> Sam:
