@@ -5,9 +5,10 @@
 - ``qa_accuracy``: the first word of the greedy answer to each question, exact match.
 - ``pointing``: for each object's caption phrase (teacher-forced caption after ``DESCRIBE``), each
   head's phrase-to-image attention (recorded with ``AttentionProbe``, mean over the phrase's tokens)
-  is reshaped to the patch grid, upsampled bilinearly to the image and its argmax is tested against
-  the object's mask (hit) and against the other objects' masks (wrong object). The uniform-map
-  baseline is the chance that a uniformly random pixel falls in the mask.
+  on the patch grid is scored with the project's ``pointing_game``: is the argmax cell inside the
+  object's mask (cell coverage >= 0.5, or >= half the best cell's for masks smaller than a cell)?
+  "Wrong object" is the same test against the other objects' masks. The uniform-map baseline is
+  ``pointing_game`` of a flat map (the share of the grid's cells that count as inside).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
-from flmm_probe.data.shapes import COLOURS, DESCRIBE, IMAGE_SIZE, SHAPES, SIZES, Scene, make_scene
+from flmm_probe.data.shapes import COLOURS, DESCRIBE, SHAPES, SIZES, Scene, make_scene
+from flmm_probe.metrics import mask_to_grid, pointing_game
 from flmm_probe.organism.sam import box_miou, load_sam
 from flmm_probe.organism.text import collate, encode
 from flmm_probe.probe import AttentionProbe
@@ -120,23 +121,18 @@ def caption_maps(model: LlavaForConditionalGeneration, processor: LlavaProcessor
 
 
 def pointing(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene]) -> Pointing:
-    """Pointing game of every head for every object's caption phrase in ``scenes``."""
+    """Pointing game (``flmm_probe.metrics.pointing_game``) of every head for every object's caption phrase."""
     hits, wrong, uniform = [], [], []
     for scene in scenes:
-        maps = caption_maps(model, processor, scene)
-        phrase, layer, head = maps.shape[:3]
-        up = F.interpolate(maps.reshape(-1, 1, *maps.shape[3:]).float(), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
-                           align_corners=False)
-        flat = up.reshape(phrase, layer, head, -1).argmax(dim=-1).numpy()  # (phrase, layer, head)
-        labels = np.full(IMAGE_SIZE * IMAGE_SIZE, -1)
-        for i, o in enumerate(scene.objects):
-            labels[o.mask.reshape(-1)] = i
-        at = labels[flat]
-        for p, ph in enumerate(scene.caption_phrases):
-            target = ph.object_ids[0]
-            hits.append(at[p] == target)
-            wrong.append((at[p] >= 0) & (at[p] != target))
-            uniform.append(ph.mask.mean())
+        maps = caption_maps(model, processor, scene)  # (phrase, layer, head, gy, gx)
+        grid = tuple(maps.shape[-2:])
+        covers = [mask_to_grid(o.mask, grid) for o in scene.objects]  # each (gy, gx)
+        for p, phrase in enumerate(scene.caption_phrases):
+            target = phrase.object_ids[0]
+            hits.append(pointing_game(maps[p], covers[target]).numpy())  # (layer, head)
+            others = [pointing_game(maps[p], c).numpy() for i, c in enumerate(covers) if i != target]
+            wrong.append(np.sum(others, axis=0) if others else np.zeros(maps.shape[1:3]))
+            uniform.append(pointing_game(torch.ones(grid), covers[target]).item())
     return Pointing(np.mean(hits, axis=0), np.mean(wrong, axis=0), float(np.mean(uniform)), len(hits))
 
 
@@ -162,8 +158,8 @@ def report(path: str, n: int = 100, splits: tuple[str, ...] = ("test", "composit
             "pointing_best_head": [layer, head],
             "pointing_best": float(score.hit[layer, head]),
             "wrong_object_best": float(score.wrong_object[layer, head]),
-            "pointing_best_per_layer": score.hit.max(axis=1).round(3).tolist(),
-            "pointing_mean_per_layer": score.hit.mean(axis=1).round(3).tolist(),
+            "pointing_best_per_layer": score.hit.max(axis=1).astype(np.float64).round(3).tolist(),
+            "pointing_mean_per_layer": score.hit.mean(axis=1).astype(np.float64).round(3).tolist(),
             "wrong_object_per_layer_best": [float(score.wrong_object[i, j]) for i, j in enumerate(score.hit.argmax(axis=1))],
             "uniform": score.uniform,
             "n_phrases": score.n_phrases,

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import LlavaForConditionalGeneration
 
 from flmm_probe.data.shapes import IMAGE_SIZE, make_scene
 from flmm_probe.organism.build import VARIANTS, SamConfig, build_lmm, build_processor, build_sam
-from flmm_probe.organism.sam import sam_loss_on_batch, save_sam
+from flmm_probe.organism.sam import load_sam, sam_loss_on_batch, save_sam
 from flmm_probe.organism.text import collate, conversation, encode
 from flmm_probe.organism.vision import pretrain_vision
 
@@ -69,16 +70,27 @@ def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int) 
 
 
 def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BATCH, lr: float = LR, seed: int = SEED,
-              checkpoints: int = CHECKPOINTS, vision_steps: int = VISION_STEPS) -> Path:
-    """Train one variant from scratch (vision pretraining, then LLaVA); returns the ``final`` folder."""
+              checkpoints: int = CHECKPOINTS, vision_steps: int = VISION_STEPS, init: Path | None = None) -> Path:
+    """Train one variant from scratch (vision pretraining, then LLaVA); returns the ``final`` folder.
+
+    ``init``: a saved organism to continue from instead (no vision pretraining; a new schedule of
+    ``steps`` steps on train scenes after those its earlier stages used).
+    """
     cfg = VARIANTS[variant]
     steps = LMM_STEPS[variant] if steps is None else steps
     torch.manual_seed(seed)
     processor = build_processor(cfg.patch)
-    model = build_lmm(cfg, processor.tokenizer)
     n_image_tokens = (IMAGE_SIZE // cfg.patch) ** 2
-    vision_accuracy = pretrain_vision(model.model.vision_tower, processor.image_processor, cfg.patch, vision_steps, batch,
-                                      VISION_LR, seed)
+    first = 0  # optimisation steps of earlier stages: their scenes are not reused
+    if init is None:
+        model = build_lmm(cfg, processor.tokenizer)
+        vision_accuracy = pretrain_vision(model.model.vision_tower, processor.image_processor, cfg.patch, vision_steps,
+                                          batch, VISION_LR, seed)
+    else:
+        model = LlavaForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
+        earlier = json.loads((init / "training.json").read_text())
+        first = earlier.get("first_step", 0) + earlier["step"]
+        vision_accuracy, vision_steps = None, 0
     tower = list(model.model.vision_tower.parameters())
     rest = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower.")]
     groups = [{"params": tower, "scale": VISION_LR_SCALE}, {"params": rest, "scale": 1.0}]
@@ -86,7 +98,8 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     run = out / variant
     save_at = checkpoint_steps(steps, checkpoints)
     meta = {"variant": variant, "config": asdict(cfg), "steps": steps, "batch": batch, "lr": lr, "seed": seed,
-            "vision_steps": vision_steps, "vision_patch_accuracy": vision_accuracy}
+            "vision_steps": vision_steps, "vision_patch_accuracy": vision_accuracy, "first_step": first,
+            "init": None if init is None else str(init)}
     start = time.time()
     bar = tqdm(range(steps + 1), desc=f"organism {variant}", disable=None)
     for step in bar:
@@ -97,7 +110,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, WARMUP) * group["scale"]
         model.train()
-        loss = model(**lmm_batch(step, batch, seed, processor, n_image_tokens)).loss
+        loss = model(**lmm_batch(first + step, batch, seed, processor, n_image_tokens)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -116,11 +129,17 @@ def _save_lmm(model, processor, path: Path, meta: dict) -> None:
     (path / "training.json").write_text(json.dumps(meta, indent=1))
 
 
-def train_sam(out: Path, steps: int = SAM_STEPS, batch: int = SAM_BATCH, lr: float = SAM_LR, seed: int = SEED) -> Path:
-    """Train the organism SAM on promptable segmentation; returns its folder."""
+def train_sam(out: Path, steps: int = SAM_STEPS, batch: int = SAM_BATCH, lr: float = SAM_LR, seed: int = SEED,
+              init: Path | None = None) -> Path:
+    """Train the organism SAM on promptable segmentation; returns its folder.
+
+    ``init``: a saved SAM to continue from (a second stage with its own schedule, on new scenes).
+    """
     cfg = SamConfig()
     torch.manual_seed(seed)
-    sam = build_sam(cfg)
+    sam = build_sam(cfg) if init is None else load_sam(init)
+    history = [] if init is None else json.loads((init / "config.json").read_text())["training"]["stages"]
+    first = sum(stage["steps"] * stage["batch"] for stage in history)  # scenes used by earlier stages
     sam.train()
     opt = torch.optim.AdamW(sam.parameters(), lr=lr, weight_decay=0.01)
     start = time.time()
@@ -128,8 +147,8 @@ def train_sam(out: Path, steps: int = SAM_STEPS, batch: int = SAM_BATCH, lr: flo
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, WARMUP)
-        rng = np.random.default_rng([seed, step, 1])
-        scenes = [make_scene("train", step * batch + i, seed + 1) for i in range(batch)]
+        rng = np.random.default_rng([seed, first + step, 1])
+        scenes = [make_scene("train", first + step * batch + i, seed + 1) for i in range(batch)]
         loss = sam_loss_on_batch(sam, scenes, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -139,7 +158,8 @@ def train_sam(out: Path, steps: int = SAM_STEPS, batch: int = SAM_BATCH, lr: flo
         if step % 50 == 0:
             log.info("sam step %d loss %.4f (%.0fs)", step, loss.item(), time.time() - start)
     path = out / "sam"
-    save_sam(sam, cfg, path, {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "seconds": time.time() - start})
+    stage = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "seconds": time.time() - start}
+    save_sam(sam, cfg, path, {"stages": history + [stage]})
     return path
 
 
@@ -151,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help=f"LMM optimisation steps per variant (default {LMM_STEPS})")
     p.add_argument("--vision-steps", type=int, default=VISION_STEPS, help="vision-tower pretraining steps")
     p.add_argument("--sam-steps", type=int, default=SAM_STEPS, help="SAM optimisation steps (0: skip SAM)")
+    p.add_argument("--init", type=Path, help="continue LMM training from this saved organism folder (one variant)")
+    p.add_argument("--sam-init", type=Path, help="continue SAM training from this saved SAM folder")
     p.add_argument("--batch", type=int, default=BATCH)
     p.add_argument("--sam-batch", type=int, default=SAM_BATCH)
     p.add_argument("--lr", type=float, default=LR)
@@ -161,9 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     for variant in args.variants:
-        train_lmm(variant, args.out, args.steps, args.batch, args.lr, args.seed, args.checkpoints, args.vision_steps)
+        train_lmm(variant, args.out, args.steps, args.batch, args.lr, args.seed, args.checkpoints, args.vision_steps,
+                  args.init)
     if args.sam_steps > 0:
-        train_sam(args.out, args.sam_steps, args.sam_batch, SAM_LR, args.seed)
+        train_sam(args.out, args.sam_steps, args.sam_batch, SAM_LR, args.seed, args.sam_init)
     return 0
 
 
