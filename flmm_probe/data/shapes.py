@@ -256,7 +256,7 @@ def _narrative(rng: np.random.Generator, objects: list[Obj], floor: str | None, 
         stuff_parts.append((f"a {floor} floor", "floor"))
         seps.append(" on ")
     stuff_parts.append(("a gray wall", "wall"))
-    seps.append(" in front of " if floor is not None else " in front of ")
+    seps.append(" in front of ")
     text, spans = _spans(parts + [p for p, _ in stuff_parts], seps)
     phrases = []
     for p, (s, e), members in zip(parts, spans, ids):

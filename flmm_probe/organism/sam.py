@@ -27,7 +27,7 @@ TARGETS_PER_IMAGE = 4
 
 
 def box_of(mask: np.ndarray) -> np.ndarray:
-    """Tight XYXY box in pixels (x1, y1 exclusive-edge x2, y2) of a (H, W) bool mask."""
+    """Tight XYXY box of a (H, W) bool mask in pixel-edge coordinates: (x_min, y_min, x_max + 1, y_max + 1)."""
     ys, xs = np.nonzero(mask)
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
 
