@@ -21,8 +21,10 @@ def bootstrap_mean(
 ) -> pd.DataFrame:
     """Mean of `value` per group of `by`, with a cluster-bootstrap percentile interval.
 
-    Returns columns by + [estimate, low, high, n] (n = rows in the group).
+    Returns columns by + [estimate, low, high, n] (n = rows in the group). Undefined values (NaN: e.g.
+    AUROC of a mask that covers every cell) are left out, so n counts the defined ones.
     """
+    frame = frame[np.isfinite(frame["value"].to_numpy(float))]
     groups = frame.groupby(by, observed=True, sort=True)
     keys = groups.ngroup().to_numpy()
     clusters, cluster_ids = np.unique(frame[cluster].to_numpy(), return_inverse=True)

@@ -33,16 +33,20 @@ def _flat(maps: torch.Tensor, cover: torch.Tensor) -> tuple[torch.Tensor, torch.
     return maps.float().flatten(-2), cover.float().flatten(-2)
 
 
+def _inside(cover: torch.Tensor) -> torch.Tensor:
+    """(..., n) bool: the cells inside the mask (see the module docstring), from (..., n) coverage."""
+    need = torch.clamp(cover.amax(-1, keepdim=True) * 0.5, max=INSIDE)
+    return (cover >= need) & (cover > 0)
+
+
 def pointing_game(maps: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
     """Hit rate in [0, 1], (...): is the map's argmax cell inside the mask?
 
     Ties for the maximum are broken at random, in expectation (a flat map scores the share of inside
-    cells, not whatever cell comes first). For masks smaller than a cell, where no cell reaches 0.5
-    coverage, a cell counts when it holds at least half the best cell's coverage.
+    cells, not whatever cell comes first).
     """
     maps, cover = _flat(maps, cover)
-    need = torch.clamp(cover.amax(-1, keepdim=True) * 0.5, max=INSIDE)
-    hit = ((cover >= need) & (cover > 0)).float()
+    hit = _inside(cover).float()
     # Float sums: torch sums bool tensors an order of magnitude more slowly.
     peak = (maps == maps.amax(-1, keepdim=True)).float()
     return (peak * hit).sum(-1) / peak.sum(-1)
@@ -117,7 +121,7 @@ def _ranked(maps: torch.Tensor, cover: torch.Tensor) -> tuple[_Ranked, torch.Siz
     maps, cover = _flat(maps, cover)
     lead = torch.broadcast_shapes(maps.shape[:-1], cover.shape[:-1])
     n = maps.shape[-1]
-    inside = (cover >= INSIDE).expand(*lead, n).reshape(-1, n).cpu().numpy()
+    inside = _inside(cover).expand(*lead, n).reshape(-1, n).cpu().numpy()
     return _Ranked(maps.expand(*lead, n).reshape(-1, n).cpu().numpy(), inside), lead
 
 

@@ -130,3 +130,15 @@ def test_map_scores_broadcast_and_agree():
     assert torch.equal(scores["pointing"], pointing_game(maps, cover))
     # Negative values sort correctly too.
     assert torch.allclose(auroc(maps - 0.5, cover), scores["auroc"])
+
+
+def test_small_object_has_inside_cells_for_every_metric():
+    from flmm_probe.metrics import map_scores
+
+    cover = torch.zeros(4, 4)
+    cover[1, 2], cover[1, 1] = 0.3, 0.1  # no cell reaches 0.5; cell (1, 2) holds the most
+    maps = torch.rand(4, 4)
+    maps[1, 2] = 2.0
+    scores = map_scores(maps, cover)
+    assert scores["pointing"].item() == 1.0 and scores["auroc"].item() == 1.0
+    assert scores["best_iou"].item() == 1.0
