@@ -11,6 +11,7 @@ Commands:
   segment            one image + phrases -> mask PNGs and an overlay
   figures            render the figures of a run folder (PDF + PNG)
   organism train     retrain the embedded default models from a seed
+  organism evaluate  score them: captions, questions, pointing per layer, SAM box mIoU
 
 Examples:
   flmm-probe demo
@@ -189,10 +190,16 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _organism(args: argparse.Namespace) -> int:
+def _organism_train(args: argparse.Namespace) -> int:
     from .organism.train import main as train_main
 
     return train_main(args.rest)
+
+
+def _organism_evaluate(args: argparse.Namespace) -> int:
+    from .organism.evaluate import main as evaluate_main
+
+    return evaluate_main(args.rest)
 
 
 def _backbone_arguments(parser: argparse.ArgumentParser) -> None:
@@ -312,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     organism = commands.add_parser("organism", help="the embedded default models")
     organism_commands = organism.add_subparsers(dest="organism_command", required=True, metavar="ACTION")
     train = organism_commands.add_parser("train", help="retrain them from a seed (see its --help)", add_help=False)
-    train.set_defaults(run=_organism, passthrough=True)
+    train.set_defaults(run=_organism_train, passthrough=True)
+    scores = organism_commands.add_parser("evaluate", help="caption, QA, pointing and SAM scores (see its --help)", add_help=False)
+    scores.set_defaults(run=_organism_evaluate, passthrough=True)
     return parser
 
 
