@@ -8,7 +8,8 @@ shapes world + organism LLaVA:
      SAM box / point prompts;
   4. fit the U-Net decoder and the SAM refiner on the train store, evaluate RES and PNG metrics on the
      test store;
-  5. segment one scene, and render every figure.
+  5. grounding vs training step over the organism's shipped checkpoints;
+  6. segment one scene, and render every figure.
 Every stage reads what the stage before wrote; rerunning resumes the recordings.
 """
 
@@ -24,6 +25,7 @@ from segment_anything import SamPredictor
 from analyses.emergence import baseline_table, layer_curve
 from analyses.run import analyze, load
 from analyses.score import ScoredSample
+from analyses.training_steps import training_steps_frame
 from analyses.training_free import evaluate_training_free, head_heatmap, training_free_masks
 from figures.overlays import head_scores
 from figures.render import render_all
@@ -73,6 +75,8 @@ def run_demo(
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
 
     _figure_inputs(out / "analysis", res[:4], heads, grounder, tables["scores"])
+    steps = training_steps_frame(variant, ShapesGrounding("test", 16, "caption"), progress=False)
+    steps.to_parquet(out / "analysis" / "training_steps.parquet")
     figures = render_all(out / "analysis")
     scene = next(s for s in test if s.attributes["task"] == "png")
     masks, _, _ = segment(backbone, grounder, scene.image(), scene.text, scene.spans)
