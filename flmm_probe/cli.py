@@ -231,10 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-scenes", type=int, default=160, help="shapes-world scenes to fit the decoder on")
     demo.add_argument("--epochs", type=int, default=4)
     demo.add_argument("--variant", default="small", help="organism variant")
-    demo.set_defaults(run=_demo)
+    demo.set_defaults(handler=_demo)
 
     listing = commands.add_parser("backbones", help="list supported model families")
-    listing.set_defaults(run=_backbones)
+    listing.set_defaults(handler=_backbones)
 
     record = commands.add_parser(
         "record", help="record a dataset into a store (resumable; torchrun-aware)",
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--batch-size", type=int, default=1)
     record.add_argument("--shard-size", type=int, default=64, help="samples per shard file")
     record.add_argument("--maps-dtype", choices=["float16", "bfloat16", "float32"], default="float16")
-    record.set_defaults(run=_record)
+    record.set_defaults(handler=_record)
 
     one = commands.add_parser(
         "record-image", help="record one image + text + phrases into a file",
@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--out", required=True, help="output .safetensors AttentionRecord")
     one.add_argument("--pooling", choices=["mean", "max"], default="mean", help="merge of a phrase's tokens")
     one.add_argument("--no-hidden", action="store_true", help="do not keep the phrase tokens' hidden states")
-    one.set_defaults(run=_record_image)
+    one.set_defaults(handler=_record_image)
 
     analyze = commands.add_parser(
         "analyze", help="score a store's maps against the dataset's masks (parquet tables for figures)",
@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--data", required=True, help="the dataset spec the store was recorded from")
     analyze.add_argument("--out", required=True, help="run folder for the tables")
     analyze.add_argument("--sinks", action="store_true", help="zero attention-sink cells before scoring")
-    analyze.set_defaults(run=_analyze)
+    analyze.set_defaults(handler=_analyze)
 
     fit = commands.add_parser(
         "fit", help="fit the U-Net decoder and SAM refiner from a store (torchrun-aware)",
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--maps", choices=["stacked", "fused"], default="stacked", help="view kinds as channels, or averaged")
     fit.add_argument("--no-text", action="store_true", help="no phrase-token prompts for the refiner")
-    fit.set_defaults(run=_fit)
+    fit.set_defaults(handler=_fit)
 
     evaluate = commands.add_parser(
         "evaluate", help="RES and PNG metrics of a fitted grounder on a recorded dataset",
@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sam_arguments(evaluate)
     evaluate.add_argument("--cache", help="SAM image-embedding cache folder")
     evaluate.add_argument("--out", help="where metrics.json and per_phrase.parquet go (default: --run)")
-    evaluate.set_defaults(run=_evaluate)
+    evaluate.set_defaults(handler=_evaluate)
 
     segment = commands.add_parser(
         "segment", help="one image + phrases -> mask PNGs and an overlay",
@@ -311,17 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--text", required=True)
     segment.add_argument("--phrase", action="append", required=True)
     segment.add_argument("--out", required=True, help="folder for mask_<i>.png and overlay.png")
-    segment.set_defaults(run=_segment)
+    segment.set_defaults(handler=_segment)
 
     figures = commands.add_parser("figures", help="render every figure a run folder allows (see its --help)", add_help=False)
-    figures.set_defaults(run=_figures, passthrough=True)
+    figures.set_defaults(handler=_figures, passthrough=True)
 
     organism = commands.add_parser("organism", help="the embedded default models")
     organism_commands = organism.add_subparsers(dest="organism_command", required=True, metavar="ACTION")
     train = organism_commands.add_parser("train", help="retrain them from a seed (see its --help)", add_help=False)
-    train.set_defaults(run=_organism_train, passthrough=True)
+    train.set_defaults(handler=_organism_train, passthrough=True)
     scores = organism_commands.add_parser("evaluate", help="caption, QA, pointing and SAM scores (see its --help)", add_help=False)
-    scores.set_defaults(run=_organism_evaluate, passthrough=True)
+    scores.set_defaults(handler=_organism_evaluate, passthrough=True)
     return parser
 
 
@@ -333,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return args.run(args)
+    return args.handler(args)
 
 
 if __name__ == "__main__":
