@@ -57,7 +57,8 @@ def _record(args: argparse.Namespace) -> int:
     from .store import Store
 
     backbone = _backbone(args)
-    config = {"backbone": args.backbone, "instruction": backbone.instruction, "data": args.data}
+    # Not the data: several datasets may be recorded into one store (the paper's training mixture).
+    config = {"backbone": args.backbone, "instruction": backbone.instruction}
     store = Store.create(args.store, config, maps_dtype=args.maps_dtype, exist_ok=True)
     # torchrun and accelerate launch set RANK and WORLD_SIZE; each rank writes its own shards.
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

@@ -63,3 +63,13 @@ def test_bad_samples_are_counted_and_good_ones_kept(tmp_path):
     assert report.recorded == 2
     assert report.bad == {"empty mask": 1, "phrase lost by the tokenizer": 1}
     assert store.done_ids() == {s.sample_id for s in dataset.good}
+
+
+def test_a_mixture_records_into_one_store(tmp_path):
+    from flmm_probe.data.sources import open_dataset
+
+    model, processor = tiny_llava()
+    mixture = open_dataset("shapes:test:2:res,shapes:val:1:png")
+    store = Store.create(tmp_path / "mix", {"model": "tiny"})
+    report = record_dataset(load_backbone(model, processor), mixture, store, batch_size=4, progress=False)
+    assert report.recorded == len(mixture) and set(store.manifest["sample_split"]) == {"test", "val"}

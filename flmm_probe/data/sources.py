@@ -5,6 +5,7 @@
     open_dataset("refcoco:/data/refer:val")    # refcoco / refcoco+ / refcocog (umd), select_first texts
     open_dataset("refcocog:/data/refer:train:concat")
     open_dataset("png:/data/png:val")          # Panoptic Narrative Grounding
+    open_dataset("png:/data/png:train,refcoco:/data/refer:train")   # a mixture: specs joined by ","
 
 Shapes tasks: "res" (one sample per referring expression), "png" (the narrative and its noun phrases),
 "caption" (the caption and one phrase per object), "mix" (res + png).
@@ -79,8 +80,26 @@ class ShapesGrounding(GroundingDataset):
         )
 
 
+class Mixture(GroundingDataset):
+    """Several datasets as one, in order (the paper trains on PNG + RefCOCO + RefCOCO+ + RefCOCOg)."""
+
+    name = "mixture"
+
+    def __init__(self, parts: list[GroundingDataset]) -> None:
+        super().__init__()
+        self.parts = parts
+        self._entries = [(i, entry) for i, part in enumerate(parts) for entry in part._entries]
+        self._index_bad = [bad for part in parts for bad in part._index_bad]
+
+    def _build(self, entry: tuple[int, object]) -> GroundingSample:
+        part, inner = entry
+        return self.parts[part]._build(inner)
+
+
 def open_dataset(spec: str) -> GroundingDataset:
     """A dataset from a spec string (see the module docstring). Raises ValueError naming the formats."""
+    if "," in spec:
+        return Mixture([open_dataset(part) for part in spec.split(",")])
     name, _, rest = spec.partition(":")
     parts = rest.split(":") if rest else []
     try:
