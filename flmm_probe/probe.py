@@ -223,8 +223,10 @@ class AttentionProbe:
         if batch != self.weights.shape[0]:
             raise ProbeError(f"The probe was built for batch {self.weights.shape[0]} but the model ran batch {batch}.")
         scaling = dim**-0.5 if scaling is None else scaling
-        n_query = self.query_positions.shape[1]
-        rows = self.query_positions[:, None, :, None]  # (batch, 1, query, 1)
+        # With device_map, layers live on different devices: work on this layer's, store on the probe's.
+        query_positions, key_positions = self.query_positions.to(query.device), self.key_positions.to(query.device)
+        n_query = query_positions.shape[1]
+        rows = query_positions[:, None, :, None]  # (batch, 1, query, 1)
         q = query.gather(2, rows.expand(batch, n_heads, n_query, dim)).float()
         # GQA without repeating keys: query head h reads kv head h // group (as repeat_kv lays them out).
         group = n_heads // kv_heads
@@ -233,23 +235,24 @@ class AttentionProbe:
         scores = scores.reshape(batch, n_heads, n_query, kv_len)
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
-        scores = scores + self._mask_rows(module, attention_mask, is_causal, q_len, batch)
+        scores = scores + self._mask_rows(module, attention_mask, is_causal, q_len, batch, query_positions)
         weights = torch.softmax(scores, dim=-1)  # (batch, head, query, S): denominators over all keys
         if self._key_slice is not None:
-            self.weights[:, layer] = weights[..., self._key_slice]
-            self.key_norms[:, layer] = key[:, :, self._key_slice].float().norm(dim=-1)
+            kept, norms = weights[..., self._key_slice], key[:, :, self._key_slice].float().norm(dim=-1)
         else:
-            columns = self.key_positions[:, None, None, :].expand(batch, n_heads, n_query, -1)
-            self.weights[:, layer] = weights.gather(-1, columns)
-            rows = self.key_positions[:, None, :, None].expand(batch, kv_heads, -1, dim)
-            self.key_norms[:, layer] = key.gather(2, rows).float().norm(dim=-1)
+            columns = key_positions[:, None, None, :].expand(batch, n_heads, n_query, -1)
+            kept = weights.gather(-1, columns)
+            norms = key.gather(2, key_positions[:, None, :, None].expand(batch, kv_heads, -1, dim)).float().norm(dim=-1)
+        self.weights[:, layer] = kept.to(self.weights.device)
+        self.key_norms[:, layer] = norms.to(self.key_norms.device)
         self.recorded[layer] = True
 
+    @staticmethod
     def _mask_rows(
-        self, module: nn.Module, attention_mask: torch.Tensor | None, is_causal: bool | None, q_len: int, batch: int
+        module: nn.Module, attention_mask: torch.Tensor | None, is_causal: bool | None, q_len: int, batch: int,
+        rows: torch.Tensor,
     ) -> torch.Tensor:
-        """Additive float32 mask for the recorded rows: (batch, 1 or head, query, S)."""
-        rows = self.query_positions
+        """Additive float32 mask for the recorded rows (batch, query positions): (batch, 1 or head, query, S)."""
         if attention_mask is None:
             # SDPA got no mask and relies on its is_causal flag, decided as sdpa_attention_forward does.
             causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
