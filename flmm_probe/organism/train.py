@@ -27,7 +27,7 @@ from flmm_probe.data.shapes import IMAGE_SIZE, make_scene
 from flmm_probe.organism.build import VARIANTS, SamConfig, build_lmm, build_processor, build_sam
 from flmm_probe.organism.sam import load_sam, sam_loss_on_batch, save_sam
 from flmm_probe.organism.text import collate, conversation, encode
-from flmm_probe.organism.vision import pretrain_vision
+from flmm_probe.organism.vision import optimizer_step, pretrain_vision
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +111,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
             group["lr"] = lr_at(step, steps, lr, WARMUP) * group["scale"]
         model.train()
         loss = model(**lmm_batch(first + step, batch, seed, processor, n_image_tokens)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(loss, opt, model.parameters())
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % 50 == 0:
             log.info("%s step %d loss %.4f (%.0fs)", variant, step, loss.item(), time.time() - start)
@@ -150,10 +147,7 @@ def train_sam(out: Path, steps: int = SAM_STEPS, batch: int = SAM_BATCH, lr: flo
         rng = np.random.default_rng([seed, first + step, 1])
         scenes = [make_scene("train", first + step * batch + i, seed + 1) for i in range(batch)]
         loss = sam_loss_on_batch(sam, scenes, rng)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
-        opt.step()
+        optimizer_step(loss, opt, sam.parameters())
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % 50 == 0:
             log.info("sam step %d loss %.4f (%.0fs)", step, loss.item(), time.time() - start)

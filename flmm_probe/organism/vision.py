@@ -27,6 +27,14 @@ ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES}
 MIN_COVER = 1 / 8  # an object owns a patch if it covers at least this fraction of it
 
 
+
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params, clip: float = 1.0) -> None:
+    """Backpropagate `loss`, clip the gradients' L2 norm to `clip`, and step `opt`."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+
 def patch_labels(scene: Scene, patch: int) -> dict[str, torch.Tensor]:
     """Per attribute, (grid * grid,) int64 class of each patch's owner (row-major), len(values) = none."""
     grid = IMAGE_SIZE // patch
@@ -64,10 +72,7 @@ def pretrain_vision(tower: CLIPVisionModel, image_processor: CLIPImageProcessor,
             logits = head(tokens)  # (batch, grid*grid, classes)
             loss = loss + F.cross_entropy(logits.flatten(0, 1), target.flatten())
             accuracy[name] = (logits.argmax(-1) == target).float().mean().item()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(loss, opt, params)
         if step % 50 == 0:
             log.info("vision step %d loss %.4f acc %s (%.0fs)", step, loss.item(), accuracy, time.time() - start)
     return accuracy
