@@ -27,13 +27,13 @@ ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES}
 MIN_COVER = 1 / 8  # an object owns a patch if it covers at least this fraction of it
 
 
-
 def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params, clip: float = 1.0) -> None:
     """Backpropagate `loss`, clip the gradients' L2 norm to `clip`, and step `opt`."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, clip)
     opt.step()
+
 
 def patch_labels(scene: Scene, patch: int) -> dict[str, torch.Tensor]:
     """Per attribute, (grid * grid,) int64 class of each patch's owner (row-major), len(values) = none."""
