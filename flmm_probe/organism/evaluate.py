@@ -1,7 +1,7 @@
 """Scores of an organism LMM on held-out scenes: greedy captions, question answering, pointing game.
 
 - ``caption_accuracy``: the greedy answer to ``DESCRIBE`` is parsed into "a <size> <colour> <shape>"
-  phrases, compared in order (left to right) with the scene's objects; a missing phrase counts wrong.
+  phrases, matched one-to-one with the scene's objects; an object without a phrase counts wrong.
 - ``qa_accuracy``: the first word of the greedy answer to each question, exact match.
 - ``pointing``: for each object's caption phrase (teacher-forced caption after ``DESCRIBE``), each
   head's phrase-to-image attention (recorded with ``AttentionProbe``, mean over the phrase's tokens)
@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
 from flmm_probe.data.shapes import COLOURS, DESCRIBE, SHAPES, SIZES, Scene, make_scene
 from flmm_probe.metrics import mask_to_grid, pointing_game
 from flmm_probe.organism.sam import box_miou, load_sam
-from flmm_probe.organism.text import collate, encode
+from flmm_probe.organism.text import IGNORE, collate, encode
 from flmm_probe.probe import AttentionProbe
 
 _PHRASE = re.compile(rf"\ban? ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b")
@@ -54,17 +55,27 @@ def generate(model: LlavaForConditionalGeneration, processor: LlavaProcessor, im
 
 
 def caption_accuracy(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene]) -> dict[str, float]:
-    """Fraction of objects whose size / colour / shape the greedy caption gets right (and all three)."""
+    """Fraction of objects whose size / colour / shape the greedy caption gets right (and all three).
+
+    The caption's "a <size> <colour> <shape>" phrases are matched one-to-one with the scene's objects
+    (the assignment that agrees on the most attributes; captions may list objects in any order); an
+    object left without a phrase counts wrong on every attribute. ``count`` is the fraction of
+    captions with exactly one phrase per object (extra phrases are errors too).
+    """
     captions = generate(model, processor, [s.image for s in scenes], [DESCRIBE] * len(scenes))
-    hits = {"size": [], "colour": [], "shape": [], "object": []}
+    hits: dict[str, list[bool]] = {"size": [], "colour": [], "shape": [], "object": [], "count": []}
     for scene, caption in zip(scenes, captions):
         said = _PHRASE.findall(caption)
-        for i, o in enumerate(scene.objects):
-            got = said[i] if i < len(said) else ("", "", "")
-            ok = [got[0] == o.size, got[1] == o.colour, got[2] == o.shape]
+        truth = [(o.size, o.colour, o.shape) for o in scene.objects]
+        agree = np.array([[sum(a == b for a, b in zip(t, p)) for p in said] for t in truth]).reshape(len(truth), len(said))
+        matched = dict(zip(*linear_sum_assignment(-agree))) if said else {}
+        for i, t in enumerate(truth):
+            got = said[matched[i]] if i in matched else ("", "", "")
+            ok = [g == w for g, w in zip(got, t)]
             for key, value in zip(("size", "colour", "shape"), ok):
                 hits[key].append(value)
             hits["object"].append(all(ok))
+        hits["count"].append(len(said) == len(truth))
     return {k: float(np.mean(v)) for k, v in hits.items()}
 
 
@@ -78,6 +89,33 @@ def qa_accuracy(model: LlavaForConditionalGeneration, processor: LlavaProcessor,
         right["all"].append(ok)
         right.setdefault(qa.kind, []).append(ok)
     return {k: float(np.mean(v)) for k, v in right.items()}
+
+
+@torch.no_grad()
+def teacher_forced_accuracy(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene],
+                            batch: int = 64) -> dict[str, float]:
+    """Next-token accuracy on the answers, teacher-forced: caption tokens, and the first answer token of
+    each question kind (one single-turn conversation per question). Cheap enough to log during training."""
+    n_image = int(model.config.image_seq_length)
+    items = [(s, [(DESCRIBE, s.caption)], "caption") for s in scenes]
+    items += [(s, [(qa.question, qa.answer)], qa.kind) for s in scenes for qa in s.qa]
+    right: dict[str, list[float]] = {}
+    for i in range(0, len(items), batch):
+        chunk = items[i : i + batch]
+        inputs = collate([encode(turns, processor.tokenizer, n_image) for _, turns, _ in chunk], processor.tokenizer.pad_token_id)
+        pixels = processor.image_processor(images=[s.image for s, _, _ in chunk], return_tensors="pt")["pixel_values"]
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                       pixel_values=pixels.to(model.dtype)).logits
+        labels = inputs["labels"][:, 1:]
+        hit = logits[:, :-1].argmax(-1) == labels
+        for row, (_, _, kind) in enumerate(chunk):
+            answer = (labels[row] != IGNORE).nonzero()[:, 0]
+            if kind != "caption":
+                answer = answer[:1]  # the one-word answer, not the "</s>" after it
+            right.setdefault(kind, []).extend(hit[row, answer].float().tolist())
+    out = {k: float(np.mean(v)) for k, v in right.items()}
+    out["qa"] = float(np.mean([v for k, vs in right.items() if k != "caption" for v in vs]))
+    return out
 
 
 @dataclass

@@ -14,7 +14,9 @@ import copy
 import json
 import logging
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import LlavaForConditionalGeneration
 
 from flmm_probe.data.shapes import IMAGE_SIZE, make_scene
+from flmm_probe.organism.evaluate import teacher_forced_accuracy
 from flmm_probe.organism.build import VARIANTS, SamConfig, build_lmm, build_processor, build_sam
 from flmm_probe.organism.sam import load_sam, sam_loss_on_batch, save_sam
 from flmm_probe.organism.text import collate, conversation, encode
@@ -33,17 +36,19 @@ log = logging.getLogger(__name__)
 
 # Defaults (the shipped models were trained with exactly these; see docs/organism.md).
 SEED = 0
-LMM_STEPS = {"small": 2500, "coarse": 3000}
+LMM_STEPS = {"small": 3500, "coarse": 3500}
 VISION_STEPS = 1000
 VISION_LR = 2e-3
 VISION_LR_SCALE = 0.2  # the pretrained tower trains on at this fraction of the LMM learning rate
-SAM_STEPS = 800
+SAM_STEPS = 1900
 BATCH = 32
 SAM_BATCH = 8
 LR = 1e-3
 SAM_LR = 1e-3
 WARMUP = 150
 CHECKPOINTS = 8
+EVAL_EVERY = 250  # log teacher-forced accuracy on EVAL_SCENES val scenes every so many steps
+EVAL_SCENES = 48
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -100,6 +105,8 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     meta = {"variant": variant, "config": asdict(cfg), "steps": steps, "batch": batch, "lr": lr, "seed": seed,
             "vision_steps": vision_steps, "vision_patch_accuracy": vision_accuracy, "first_step": first,
             "init": None if init is None else str(init)}
+    val_scenes = [make_scene("val", i, seed) for i in range(EVAL_SCENES)]
+    curve: list[dict] = []
     start = time.time()
     bar = tqdm(range(steps + 1), desc=f"organism {variant}", disable=None)
     for step in bar:
@@ -115,6 +122,10 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % 50 == 0:
             log.info("%s step %d loss %.4f (%.0fs)", variant, step, loss.item(), time.time() - start)
+        if (step + 1) % EVAL_EVERY == 0:
+            curve.append({"step": step + 1, **teacher_forced_accuracy(model.eval(), processor, val_scenes)})
+            log.info("%s step %d val %s", variant, step + 1, {k: round(v, 3) for k, v in curve[-1].items()})
+    meta["val_curve"] = curve
     final = run / "final"
     _save_lmm(model, processor, final, {**meta, "step": steps, "seconds": time.time() - start})
     return final
@@ -157,6 +168,16 @@ def train_sam(out: Path, steps: int = SAM_STEPS, batch: int = SAM_BATCH, lr: flo
     return path
 
 
+def _job(name: str, args: argparse.Namespace) -> Path:
+    """Train one model (an LMM variant, or "sam") as ``main``'s arguments say; runs in a worker process."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(message)s")
+    torch.set_num_threads(args.threads)
+    if name == "sam":
+        return train_sam(args.out, args.sam_steps, args.sam_batch, SAM_LR, args.seed, args.sam_init)
+    return train_lmm(name, args.out, args.steps, args.batch, args.lr, args.seed, args.checkpoints, args.vision_steps,
+                     args.init)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``flmm-probe organism train``: train the LMM variants and SAM from a seed."""
     p = argparse.ArgumentParser(prog="flmm-probe organism train", description=__doc__.splitlines()[0])
@@ -172,15 +193,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=LR)
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--checkpoints", type=int, default=CHECKPOINTS, help="evenly spaced LMM checkpoints")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="models trained at once, one process each (small, coarse, sam are independent)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
-    for variant in args.variants:
-        train_lmm(variant, args.out, args.steps, args.batch, args.lr, args.seed, args.checkpoints, args.vision_steps,
-                  args.init)
-    if args.sam_steps > 0:
-        train_sam(args.out, args.sam_steps, args.sam_batch, SAM_LR, args.seed, args.sam_init)
+    names = list(args.variants) + (["sam"] if args.sam_steps > 0 else [])
+    if args.jobs <= 1 or len(names) <= 1:
+        for name in names:
+            log.info("%s saved in %s", name, _job(name, args))
+        return 0
+    # Separate processes rather than threads: on a few cores, one single-threaded process per model
+    # trains faster than one model at a time on all cores (small tensors scale poorly across threads).
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for name, path in zip(names, pool.map(_job, names, [args] * len(names))):
+            log.info("%s saved in %s", name, path)
     return 0
 
 

@@ -24,7 +24,11 @@ from flmm_probe.data.shapes import COLOURS, IMAGE_SIZE, SHAPES, SIZES, Scene, ma
 
 log = logging.getLogger(__name__)
 ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES}
-MIN_COVER = 1 / 8  # an object owns a patch if it covers at least this fraction of it
+# A patch is labelled with the object that covers at least half of it, as the pointing game counts a cell
+# inside an object; an object too small to cover half of any patch owns its most-covered patches, so that
+# no object is invisible. (With 1/8, border patches looked like the object's interior and the LM's
+# attention spread onto them.)
+MIN_COVER = 0.5
 
 
 def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params, clip: float = 1.0) -> None:
@@ -39,12 +43,14 @@ def patch_labels(scene: Scene, patch: int) -> dict[str, torch.Tensor]:
     """Per attribute, (grid * grid,) int64 class of each patch's owner (row-major), len(values) = none."""
     grid = IMAGE_SIZE // patch
     cover = np.stack([rearrange(o.mask, "(gy py) (gx px) -> (gy gx) (py px)", py=patch, px=patch).mean(-1) for o in scene.objects])
-    owner = cover.argmax(0)
-    owned = cover.max(0) >= MIN_COVER
+    owner = np.where(cover.max(0) >= MIN_COVER, cover.argmax(0), -1)
+    for i, c in enumerate(cover):
+        if c.max() < MIN_COVER:
+            owner[(c == c.max()) & (owner < 0)] = i
     out = {}
     for name, values in ATTRIBUTES.items():
-        cls = np.array([values.index(getattr(o, name)) for o in scene.objects])[owner]
-        out[name] = torch.from_numpy(np.where(owned, cls, len(values)).astype(np.int64))
+        cls = np.array([values.index(getattr(o, name)) for o in scene.objects])[np.maximum(owner, 0)]
+        out[name] = torch.from_numpy(np.where(owner >= 0, cls, len(values)).astype(np.int64))
     assert out["shape"].shape == (grid * grid,)
     return out
 
