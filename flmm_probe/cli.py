@@ -121,7 +121,8 @@ def _fit(args: argparse.Namespace) -> int:
 
     config = FitConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, maps=args.maps,
-        use_refiner=not args.no_refiner, use_text=not args.no_text,
+        use_refiner=not args.no_refiner, use_text=not args.no_text, base_channels=args.base_channels,
+        long_side=args.long_side,
     )
     sam = None if args.no_refiner else _sam(args.sam)
     cache = EmbeddingCache(args.cache) if args.cache else None
@@ -287,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--maps", choices=["stacked", "fused"], default="stacked", help="view kinds as channels, or averaged")
     fit.add_argument("--no-text", action="store_true", help="no phrase-token prompts for the refiner")
+    fit.add_argument("--base-channels", type=int, default=64, help="U-Net width of its first stage (paper: 64)")
+    fit.add_argument("--long-side", type=int, default=64,
+                     help="U-Net input size: maps are resized to this on their long side (paper: 64)")
     fit.set_defaults(handler=_fit)
 
     evaluate = commands.add_parser(

@@ -32,8 +32,11 @@ def test_refcoco_and_png_end_to_end(tmp_path, capsys):
     report = json.loads(run(capsys, "record", "--data", png_spec, "--store", str(tmp_path / "png_store")).splitlines()[-1])
     assert report["recorded"] == 2 and sum(report["bad"].values()) == 4
 
-    fit = ["fit", "--store", str(tmp_path / "res"), "--data", res_spec, "--out", str(tmp_path / "fit"), "--epochs", "1", "--batch-size", "2"]
+    fit = ["fit", "--store", str(tmp_path / "res"), "--data", res_spec, "--out", str(tmp_path / "fit"), "--epochs", "1", "--batch-size", "2",
+           "--base-channels", "8", "--long-side", "32"]
     run(capsys, *fit)
+    unet = json.loads((tmp_path / "fit" / "grounder.json").read_text())["config"]
+    assert (unet["base_channels"], unet["long_side"]) == (8, 32)
     table = run(capsys, "evaluate", "--run", str(tmp_path / "fit"), "--store", str(tmp_path / "res"), "--data", res_spec)
     assert "cIoU" in table
     per_phrase = pd.read_parquet(tmp_path / "fit" / "per_phrase.parquet")

@@ -19,9 +19,9 @@ from flmm_probe.organism import (
     shipped_steps,
 )
 from flmm_probe.organism.build import VARIANTS, build_processor
-from flmm_probe.organism.evaluate import caption_accuracy, pointing, qa_accuracy
+from flmm_probe.organism.evaluate import caption_accuracy, caption_hits, pointing, qa_accuracy, teacher_forced_accuracy
 from flmm_probe.organism.sam import box_miou
-from flmm_probe.organism.text import IGNORE, encode
+from flmm_probe.organism.text import IGNORE, conversation, encode
 from flmm_probe.organism.train import main
 from flmm_probe.organism.vision import patch_labels
 
@@ -86,6 +86,46 @@ def test_patch_labels_follow_the_masks():
         assert labels["shape"][y * grid + x] == SHAPES.index(o.shape)
         assert labels["colour"][y * grid + x] == list(COLOURS).index(o.colour)
     assert (labels["shape"] == len(SHAPES)).any(), "background patches get the 'none' class"
+
+
+def test_patch_labels_need_half_a_patch_but_no_object_is_invisible():
+    for index in range(20):
+        scene = make_scene("train", index)
+        labels = patch_labels(scene, 16)  # the coarse grid: many objects cover half of no 16-px patch
+        cover = np.stack([o.mask.reshape(5, 16, 5, 16).mean((1, 3)).reshape(-1) for o in scene.objects])
+        owned = labels["shape"] != len(SHAPES)
+        for i, o in enumerate(scene.objects):
+            mine = owned & (labels["colour"] == list(COLOURS).index(o.colour)) & (labels["shape"] == SHAPES.index(o.shape))
+            assert mine[cover[i].argmax()], "every object owns its most-covered patch"
+        assert (cover.max(0)[owned.numpy()] > 0).all()
+        best = (cover == cover.max(1, keepdims=True)).any(0)  # each object's most-covered patches (ties too)
+        thin = (cover.max(0) < 0.5) & (cover.max(0) > 0) & ~best
+        assert not owned.numpy()[thin].any(), "patches an object barely touches are background"
+
+
+def test_conversations_mix_descriptions_and_questions():
+    rng = np.random.default_rng(0)
+    scene = make_scene("train", 3)
+    convs = [conversation(scene, rng) for _ in range(200)]
+    described = [c for c in convs if c[0][0] == DESCRIBE]
+    assert 0.45 < len(described) / len(convs) < 0.75
+    assert all(turn[0] != DESCRIBE for c in convs for turn in c[1:]), "a description only opens a conversation"
+    assert all(len(c) - (c[0][0] == DESCRIBE) >= 2 for c in convs), "every conversation asks questions"
+    answers = {(qa.question, qa.answer) for qa in scene.qa}
+    assert all(turn in answers for c in convs for turn in c if turn[0] != DESCRIBE)
+
+
+def test_caption_hits_match_objects_in_any_order():
+    scene = next(s for s in HELD_OUT if len(s.objects) == 3)
+    a, b, c = (f"a {o.size} {o.colour} {o.shape}" for o in scene.objects)
+    assert all(all(v) for v in caption_hits(f"{c} , {a} and {b} .", scene).values())
+    missing = caption_hits(f"{a} and {b} .", scene)
+    assert missing["object"] == [True, True, False] and missing["count"] == [False]
+    o = scene.objects[0]
+    wrong_colour = next(x for x in COLOURS if x not in {p.colour for p in scene.objects})
+    hits = caption_hits(f"a {o.size} {wrong_colour} {o.shape} , {b} and {c} .", scene)
+    assert hits["colour"] == [False, True, True] and hits["shape"] == [True, True, True]
+    assert caption_hits(f"{a} , {a} , {b} and {c} .", scene)["count"] == [False], "an extra phrase is an error"
 
 
 def test_short_training_run_end_to_end(tmp_path):
@@ -154,6 +194,11 @@ def pointing_score(small):
 def test_shipped_small_reads_the_image(caption_scores, qa_scores):
     assert min(caption_scores["colour"], caption_scores["shape"], caption_scores["size"]) >= CAPTION_REACHED, caption_scores
     assert qa_scores["all"] >= QA_REACHED, qa_scores
+
+
+def test_teacher_forced_accuracy_equals_greedy_first_words(small, qa_scores):
+    # The one-word answer is the greedy first token: the cheap training-time curve measures the same thing.
+    assert teacher_forced_accuracy(*small, HELD_OUT)["qa"] == pytest.approx(qa_scores["all"], abs=0.01)
 
 
 def test_grounding_emerges_in_shipped_small(pointing_score):

@@ -65,18 +65,27 @@ def caption_accuracy(model: LlavaForConditionalGeneration, processor: LlavaProce
     captions = generate(model, processor, [s.image for s in scenes], [DESCRIBE] * len(scenes))
     hits: dict[str, list[bool]] = {"size": [], "colour": [], "shape": [], "object": [], "count": []}
     for scene, caption in zip(scenes, captions):
-        said = _PHRASE.findall(caption)
-        truth = [(o.size, o.colour, o.shape) for o in scene.objects]
-        agree = np.array([[sum(a == b for a, b in zip(t, p)) for p in said] for t in truth]).reshape(len(truth), len(said))
-        matched = dict(zip(*linear_sum_assignment(-agree))) if said else {}
-        for i, t in enumerate(truth):
-            got = said[matched[i]] if i in matched else ("", "", "")
-            ok = [g == w for g, w in zip(got, t)]
-            for key, value in zip(("size", "colour", "shape"), ok):
-                hits[key].append(value)
-            hits["object"].append(all(ok))
-        hits["count"].append(len(said) == len(truth))
+        for key, values in caption_hits(caption, scene).items():
+            hits[key] += values
     return {k: float(np.mean(v)) for k, v in hits.items()}
+
+
+def caption_hits(caption: str, scene: Scene) -> dict[str, list[bool]]:
+    """Per object of ``scene``: is its size / colour / shape / all three right in ``caption``; and
+    ``count``: [one phrase per object]. Phrases and objects are matched one-to-one, most agreement first."""
+    said = _PHRASE.findall(caption)
+    truth = [(o.size, o.colour, o.shape) for o in scene.objects]
+    agree = np.array([[sum(a == b for a, b in zip(t, p)) for p in said] for t in truth]).reshape(len(truth), len(said))
+    matched = dict(zip(*linear_sum_assignment(-agree)))
+    hits: dict[str, list[bool]] = {"size": [], "colour": [], "shape": [], "object": []}
+    for i, t in enumerate(truth):
+        got = said[matched[i]] if i in matched else ("", "", "")
+        ok = [g == w for g, w in zip(got, t)]
+        for key, value in zip(("size", "colour", "shape"), ok):
+            hits[key].append(value)
+        hits["object"].append(all(ok))
+    hits["count"] = [len(said) == len(truth)]
+    return hits
 
 
 def qa_accuracy(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene]) -> dict[str, float]:

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from transformers import LlavaForConditionalGeneration
 
 from flmm_probe.data.shapes import IMAGE_SIZE, make_scene
-from flmm_probe.organism.evaluate import teacher_forced_accuracy
 from flmm_probe.organism.build import VARIANTS, SamConfig, build_lmm, build_processor, build_sam
+from flmm_probe.organism.evaluate import teacher_forced_accuracy
 from flmm_probe.organism.sam import load_sam, sam_loss_on_batch, save_sam
 from flmm_probe.organism.text import collate, conversation, encode
 from flmm_probe.organism.vision import optimizer_step, pretrain_vision
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # Defaults (the shipped models were trained with exactly these; see docs/organism.md).
 SEED = 0
-LMM_STEPS = {"small": 3500, "coarse": 3500}
+LMM_STEPS = {"small": 3500, "coarse": 2500}
 VISION_STEPS = 1000
 VISION_LR = 2e-3
 VISION_LR_SCALE = 0.2  # the pretrained tower trains on at this fraction of the LMM learning rate
