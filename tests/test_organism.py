@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,3 +249,37 @@ def test_shipped_sam_predictor_works():
     masks, scores, _ = predictor.predict(box=np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]), multimask_output=False)
     assert masks.shape == (1, IMAGE_SIZE, IMAGE_SIZE)
     assert (masks[0] & obj.mask).sum() / (masks[0] | obj.mask).sum() > 0.7
+
+
+
+def _state(pid: int) -> str | None:
+    """(ppid, state) fields of a live process from /proc, or None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> set[int]:
+    """Running child processes of ``pid`` (zombies excluded)."""
+    found = {int(p.name): _state(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    return {child for child, st in found.items() if st and st[0] != "Z" and int(st[1]) == pid}
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigterm_stops_the_worker_processes(tmp_path):
+    argv = [sys.executable, "-m", "flmm_probe.organism.train", "--out", str(tmp_path), "--variants", "small",
+            "--steps", "100000", "--batch", "2", "--vision-steps", "2", "--sam-steps", "100000", "--sam-batch", "1"]
+    parent = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "small" / "step_00000").exists():  # both workers are training by then
+        assert parent.poll() is None and time.time() < deadline, "the training run did not start"
+        time.sleep(0.5)
+    workers = _children(parent.pid)
+    assert len(workers) >= 2, "one process per model"
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) != 0
+    deadline = time.time() + 30
+    while any((st := _state(w)) and st[0] != "Z" for w in workers):
+        assert time.time() < deadline, "worker processes outlived the command"
+        time.sleep(0.5)

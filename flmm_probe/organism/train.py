@@ -15,8 +15,9 @@ import json
 import logging
 import math
 import multiprocessing
+import signal
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -204,10 +205,16 @@ def main(argv: list[str] | None = None) -> int:
             log.info("%s saved in %s", name, _job(name, args))
         return 0
     # Separate processes rather than threads: on a few cores, one single-threaded process per model
-    # trains faster than one model at a time on all cores (small tensors scale poorly across threads).
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for name, path in zip(names, pool.map(_job, names, [args] * len(names))):
-            log.info("%s saved in %s", name, path)
+    # trains faster than one model at a time on all cores (small tensors scale poorly across threads: a
+    # `small` step took 0.71 s on one thread, 0.43 s on two, on this project's 2-core machine).
+    # SIGTERM becomes SystemExit so that leaving the `with` block terminates the workers too.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            for name, path in zip(names, pool.starmap(_job, [(name, args) for name in names], chunksize=1)):
+                log.info("%s saved in %s", name, path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
