@@ -20,6 +20,7 @@ faster than the reference code's eager output_attentions=True: the speedup repor
 
     python benchmarks/fit_speed.py --samples 3 --sam vit_b --out docs/fit_speed.json      # a few minutes, 2 CPUs
     python benchmarks/fit_speed.py --samples 8 --sam organism --random-lmm                # seconds
+    python benchmarks/fit_speed.py --samples 48 --epochs 6 --lr 1e-3 --sam organism      # equal metrics, minutes
 """
 
 from __future__ import annotations
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=3, help="training samples (shapes-world RES expressions)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=FitConfig.lr, help="learning rate (default: the paper's)")
     parser.add_argument("--sam", default="vit_b", help="vit_b | vit_l | vit_h (random weights, 1024 input) | organism")
     parser.add_argument("--variant", default="small", help="organism variant of the LMM")
     parser.add_argument("--random-lmm", action="store_true", help="the organism's shapes with random weights")
@@ -222,9 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
     backbone = load_backbone(model, processor)
     sam = sam_model(args.sam)
     dataset = FirstSamples(ShapesGrounding("train", args.samples, "res"), args.samples)
-    config = FitConfig(epochs=args.epochs, batch_size=args.batch_size, seed=0)
+    config = FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=0)
     result: dict = {"lmm": lmm_name, "sam": args.sam, "samples": args.samples, "epochs": args.epochs,
-                    "batch_size": args.batch_size, "threads": args.threads, "machine": platform.processor() or platform.machine(),
+                    "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads, "machine": platform.processor() or platform.machine(),
                     "torch": torch.__version__}
 
     with tempfile.TemporaryDirectory() as tmp:
