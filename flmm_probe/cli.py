@@ -218,6 +218,15 @@ def _sam_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-refiner", action="store_true", help="coarse U-Net masks only, no SAM")
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default only where it has one (not "default: None" on required options and flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flmm-probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -226,12 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="the whole pipeline on the embedded default", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        "demo", help="the whole pipeline on the embedded default", formatter_class=_Defaults
     )
     demo.add_argument("--out", default="runs/demo", help="run folder (rerunning resumes)")
     demo.add_argument("--scenes", type=int, default=48, help="held-out shapes-world scenes to analyse and evaluate")
     demo.add_argument("--train-scenes", type=int, default=160, help="shapes-world scenes to fit the decoder on")
-    demo.add_argument("--epochs", type=int, default=4)
+    demo.add_argument("--epochs", type=int, default=4, help="epochs of the decoder fit")
     demo.add_argument("--variant", default="small", help="organism variant")
     demo.set_defaults(handler=_demo)
 
@@ -240,19 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     record = commands.add_parser(
         "record", help="record a dataset into a store (resumable; torchrun-aware)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     _backbone_arguments(record)
     record.add_argument("--data", required=True, help="dataset spec: shapes:SPLIT:N[:TASK], refcoco:ROOT:SPLIT, png:ROOT:SPLIT")
     record.add_argument("--store", required=True, help="store folder (created, or resumed if it exists)")
-    record.add_argument("--batch-size", type=int, default=1)
+    record.add_argument("--batch-size", type=int, default=1, help="samples per LMM forward")
     record.add_argument("--shard-size", type=int, default=64, help="samples per shard file")
-    record.add_argument("--maps-dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    record.add_argument("--maps-dtype", choices=["float16", "bfloat16", "float32"], default="float16",
+                        help="dtype of the stored attention maps")
     record.set_defaults(handler=_record)
 
     one = commands.add_parser(
         "record-image", help="record one image + text + phrases into a file",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     _backbone_arguments(one)
     one.add_argument("--image", required=True, help="image file")
@@ -265,9 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = commands.add_parser(
         "analyze", help="score a store's maps against the dataset's masks (parquet tables for figures)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
-    analyze.add_argument("--store", required=True)
+    analyze.add_argument("--store", required=True, help="store folder written by `flmm-probe record`")
     analyze.add_argument("--data", required=True, help="the dataset spec the store was recorded from")
     analyze.add_argument("--out", required=True, help="run folder for the tables")
     analyze.add_argument("--sinks", action="store_true", help="zero attention-sink cells before scoring")
@@ -275,17 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser(
         "fit", help="fit the U-Net decoder and SAM refiner from a store (torchrun-aware)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
-    fit.add_argument("--store", required=True)
+    fit.add_argument("--store", required=True, help="store folder written by `flmm-probe record` (train split)")
     fit.add_argument("--data", required=True, help="the dataset spec the store was recorded from (for the masks)")
     fit.add_argument("--out", required=True, help="run folder: grounder.json, weights, log.jsonl")
     _sam_arguments(fit)
     fit.add_argument("--cache", help="SAM image-embedding cache folder (default: RUN/sam_embeddings)")
-    fit.add_argument("--epochs", type=int, default=8)
+    fit.add_argument("--epochs", type=int, default=8, help="passes over the stored phrases (paper: 8)")
     fit.add_argument("--batch-size", type=int, default=8, help="phrases per step per process")
-    fit.add_argument("--lr", type=float, default=1e-4)
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--lr", type=float, default=1e-4, help="AdamW peak learning rate (paper: 1e-4)")
+    fit.add_argument("--seed", type=int, default=0, help="seeds initialisation and data order")
     fit.add_argument("--maps", choices=["stacked", "fused"], default="stacked", help="view kinds as channels, or averaged")
     fit.add_argument("--no-text", action="store_true", help="no phrase-token prompts for the refiner")
     fit.add_argument("--base-channels", type=int, default=64, help="U-Net width of its first stage (paper: 64)")
@@ -295,26 +305,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate", help="RES and PNG metrics of a fitted grounder on a recorded dataset",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     evaluate.add_argument("--run", required=True, help="the fit's run folder")
-    evaluate.add_argument("--store", required=True)
-    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--store", required=True, help="store folder of the held-out split (`flmm-probe record`)")
+    evaluate.add_argument("--data", required=True, help="the dataset spec that store was recorded from (for the masks)")
     _sam_arguments(evaluate)
     evaluate.add_argument("--cache", help="SAM image-embedding cache folder")
-    evaluate.add_argument("--out", help="where metrics.json and per_phrase.parquet go (default: --run)")
+    evaluate.add_argument("--out", help="where metrics.json and per_phrase.parquet go (default: the --run folder)")
     evaluate.set_defaults(handler=_evaluate)
 
     segment = commands.add_parser(
         "segment", help="one image + phrases -> mask PNGs and an overlay",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     _backbone_arguments(segment)
     segment.add_argument("--run", required=True, help="the fit's run folder")
     _sam_arguments(segment)
-    segment.add_argument("--image", required=True)
-    segment.add_argument("--text", required=True)
-    segment.add_argument("--phrase", action="append", required=True)
+    segment.add_argument("--image", required=True, help="image file")
+    segment.add_argument("--text", required=True, help="text fed as the assistant's answer")
+    segment.add_argument("--phrase", action="append", required=True, help="a phrase of the text to segment (repeat for more)")
     segment.add_argument("--out", required=True, help="folder for mask_<i>.png and overlay.png")
     segment.set_defaults(handler=_segment)
 

@@ -13,6 +13,17 @@ def test_help_lists_every_command(capsys):
         assert command in text
 
 
+@pytest.mark.parametrize("command", ["demo", "record", "analyze", "fit", "evaluate", "segment"])
+def test_every_option_is_explained(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "(default: False)" not in text
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    undocumented = [a.option_strings for a in parser._actions if a.help is None]
+    assert not undocumented, f"options without help: {undocumented}"
+
+
 def test_backbones_command(capsys):
     assert main(["backbones"]) == 0
     assert "llava_next" in capsys.readouterr().out.split()

@@ -51,6 +51,9 @@ def test_evaluate_scores_known_ious(llava, tmp_path):
 
     assert len(per_phrase) == sum(len(s.phrases) for s in samples)
     assert set(per_phrase["task"]) == {"res", "png"} and set(per_phrase["dataset"]) == {"shapes"}
+    assert list(per_phrase["phrase"]) == [p.text for s in samples for p in s.phrases]
+    res_kinds = per_phrase.loc[per_phrase["task"] == "res", "kind"]
+    assert set(res_kinds) <= {"attribute", "relational", "superlative"} and per_phrase.loc[per_phrase["task"] == "png", "kind"].isna().all()
     assert (per_phrase["iou_coarse"] == 1).all() and (per_phrase["iou_refined"] == 0).all()
     assert (per_phrase["inter_coarse"] == per_phrase["union_coarse"]).all() and (per_phrase["inter_refined"] == 0).all()
 
