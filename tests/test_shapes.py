@@ -116,6 +116,12 @@ def test_questions_are_answered_by_the_scene():
                 assert qa.answer == ("yes" if present else "no")
 
 
+def test_inventory_names_each_object_by_shape_then_colour_and_size():
+    for s in SCENES:
+        items = s.inventory.rstrip(".").split(", ")
+        assert items == [f"the {o.shape} is {o.colour} and {o.size}" for o in s.objects]
+
+
 def test_compositional_split_is_held_out():
     for split in ("train", "val", "test"):
         for i in range(200):
@@ -127,7 +133,7 @@ def test_compositional_split_is_held_out():
 def test_vocabulary_covers_every_text():
     vocab = set(vocabulary())
     for s in SCENES:
-        texts = [s.caption, s.narrative] + [e.text for e in s.expressions] + [q.question + " " + q.answer for q in s.qa]
+        texts = [s.caption, s.narrative, s.inventory] + [e.text for e in s.expressions] + [q.question + " " + q.answer for q in s.qa]
         for t in texts:
             assert set(t.replace(",", " , ").replace(".", " . ").replace("?", " ? ").split()) <= vocab, t
 

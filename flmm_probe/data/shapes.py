@@ -11,6 +11,9 @@ re-made anywhere without storing it. Each scene carries:
   ("the red circle left of the blue square") and some superlative ("the largest triangle");
 - ``narrative``: a PNG-style narrative whose noun phrases (singular, plural, things and stuff) are
   char spans into it, each with its mask;
+- ``inventory``: the answer to ``LIST_OBJECTS``, each object left to right named by its shape first,
+  e.g. "the circle is red and large, the cross is blue and small." (the organism's one training text
+  whose colour and size words follow the shape word they belong to);
 - ``qa``: questions with one-word answers ("what colour is the triangle?" -> "red").
 
 Splits ``train``/``val``/``test`` never contain the colour-shape pairs in ``HELD_OUT_PAIRS``; every
@@ -47,6 +50,7 @@ NUMBERS = ("zero", "one", "two", "three", "four", "five")
 HELD_OUT_PAIRS = frozenset({("red", "triangle"), ("blue", "cross"), ("green", "diamond"), ("yellow", "circle"), ("purple", "square")})
 SPLITS = ("train", "val", "test", "compositional")
 DESCRIBE = "Please give me a description of the image."
+LIST_OBJECTS = "Please list the objects."
 
 _OBJECT_NOISE = 10  # max absolute per-channel noise on object pixels
 _MIN_DX = 4.0  # objects' centres differ by at least this in x, so "left to right" is well defined
@@ -119,6 +123,7 @@ class Scene:
     expressions: list[Expression]
     narrative: str
     narrative_phrases: list[Phrase]
+    inventory: str
     qa: list[QA] = field(default_factory=list)
 
 
@@ -235,6 +240,10 @@ def _caption(objects: list[Obj]) -> tuple[str, list[Phrase]]:
     text, spans = _spans(parts, seps)
     phrases = [Phrase(p, s, e, o.mask, False, True, (i,)) for i, (p, (s, e), o) in enumerate(zip(parts, spans, objects))]
     return text + ".", phrases
+
+
+def _inventory(objects: list[Obj]) -> str:
+    return ", ".join(f"the {o.shape} is {o.colour} and {o.size}" for o in objects) + "."
 
 
 def _narrative(rng: np.random.Generator, objects: list[Obj], floor: str | None, stuff: dict[str, np.ndarray]) -> tuple[str, list[Phrase]]:
@@ -374,6 +383,7 @@ def make_scene(split: str, index: int, seed: int = 0) -> Scene:
         expressions=_expressions(objects),
         narrative=narrative,
         narrative_phrases=narrative_phrases,
+        inventory=_inventory(objects),
         qa=_questions(rng, objects),
     )
 
@@ -384,7 +394,7 @@ def vocabulary() -> list[str]:
     words |= set("a an the and , . ? in this picture there is are image shows here we can see on of front gray wall floor".split())
     words |= set("left right above below largest smallest leftmost rightmost".split())
     words |= set("what colour shape size how many object yes no".split())
-    words |= set(DESCRIBE.replace(".", " . ").split())
+    words |= set((DESCRIBE + " " + LIST_OBJECTS).replace(".", " . ").split())
     return sorted(words)
 
 

@@ -1,7 +1,8 @@
 """Training texts for the organism LMM: which turns a scene yields, and their token ids and labels.
 
 A sample is one conversation about one scene: a description turn (caption, narrative or referring
-expression, all after the F-LMM instruction ``DESCRIBE``) followed by questions, or questions alone.
+expression after the F-LMM instruction ``DESCRIBE``, or the inventory after ``LIST_OBJECTS``) followed
+by questions, or questions alone.
 Token ids are built turn by turn with the word-level tokenizer, which gives exactly the ids that
 ``processor(text=apply_chat_template(...))`` gives (tests check this); the loss covers answers + "</s>".
 """
@@ -12,15 +13,18 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from flmm_probe.data.shapes import DESCRIBE, Scene
+from flmm_probe.data.shapes import DESCRIBE, LIST_OBJECTS, Scene
 
 IGNORE = -100
 # A conversation opens with a description (with probability DESCRIBE_FIRST) and goes on with questions:
 # every sample then supervises both skills, and questions, whose answers are one word, get a real share
 # of the loss (when a third of the samples were questions alone they held ~12% of the answer tokens and
 # the organism learned to name colours present in the scene, not the asked object's).
-DESCRIBE_FIRST = 0.6
-DESCRIPTIONS = {"caption": 0.6, "narrative": 0.2, "expression": 0.2}  # captions lead: greedy description = caption
+DESCRIBE_FIRST = 0.7
+# Captions lead (the greedy answer to DESCRIBE is a caption). The inventory names each object's shape
+# before its colour and size: without it no text asks to find an object by its shape word except the
+# colour questions, and the first organisms never learned that lookup (colour questions at the prior).
+DESCRIPTIONS = {"caption": 0.5, "narrative": 0.15, "expression": 0.15, "inventory": 0.2}
 QUESTIONS_AFTER_DESCRIPTION = 2
 QUESTIONS_ALONE = 4
 
@@ -32,6 +36,8 @@ def conversation(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]
         kind = rng.choice(list(DESCRIPTIONS), p=list(DESCRIPTIONS.values()))
         if kind == "expression" and scene.expressions:
             turns.append((DESCRIBE, scene.expressions[int(rng.integers(len(scene.expressions)))].text))
+        elif kind == "inventory":
+            turns.append((LIST_OBJECTS, scene.inventory))
         elif kind == "narrative":
             turns.append((DESCRIBE, scene.narrative))
         else:

@@ -37,10 +37,13 @@ log = logging.getLogger(__name__)
 
 # Defaults (the shipped models were trained with exactly these; see docs/organism.md).
 SEED = 0
-LMM_STEPS = {"small": 3500, "coarse": 2500}
+LMM_STEPS = {"small": 3800, "coarse": 3000}
 VISION_STEPS = 1000
 VISION_LR = 2e-3
-VISION_LR_SCALE = 0.2  # the pretrained tower trains on at this fraction of the LMM learning rate
+# The pretrained tower stays frozen in LLaVA training, as LLaVA keeps CLIP frozen (a value > 0 trains it
+# at that fraction of the LMM learning rate). In a 1,500-step pilot, frozen and 0.2 ended equal (caption
+# tokens 0.856 / 0.861, questions 0.586 / 0.593) and frozen steps took 15% less time.
+VISION_LR_SCALE = 0.0
 SAM_STEPS = 1900
 BATCH = 32
 SAM_BATCH = 8
@@ -76,7 +79,8 @@ def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int) 
 
 
 def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BATCH, lr: float = LR, seed: int = SEED,
-              checkpoints: int = CHECKPOINTS, vision_steps: int = VISION_STEPS, init: Path | None = None) -> Path:
+              checkpoints: int = CHECKPOINTS, vision_steps: int = VISION_STEPS, init: Path | None = None,
+              vision_lr_scale: float = VISION_LR_SCALE) -> Path:
     """Train one variant from scratch (vision pretraining, then LLaVA); returns the ``final`` folder.
 
     ``init``: a saved organism to continue from instead (no vision pretraining; a new schedule of
@@ -99,12 +103,17 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
         vision_accuracy, vision_steps = None, 0
     tower = list(model.model.vision_tower.parameters())
     rest = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower.")]
-    groups = [{"params": tower, "scale": VISION_LR_SCALE}, {"params": rest, "scale": 1.0}]
+    groups = [{"params": rest, "scale": 1.0}]
+    if vision_lr_scale > 0:
+        groups.append({"params": tower, "scale": vision_lr_scale})
+    else:  # as LLaVA keeps CLIP frozen; no gradient through the tower also makes a step cheaper
+        model.model.vision_tower.requires_grad_(False)
     opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     run = out / variant
     save_at = checkpoint_steps(steps, checkpoints)
     meta = {"variant": variant, "config": asdict(cfg), "steps": steps, "batch": batch, "lr": lr, "seed": seed,
-            "vision_steps": vision_steps, "vision_patch_accuracy": vision_accuracy, "first_step": first,
+            "vision_steps": vision_steps, "vision_patch_accuracy": vision_accuracy, "vision_lr_scale": vision_lr_scale,
+            "first_step": first,
             "init": None if init is None else str(init)}
     val_scenes = [make_scene("val", i, seed) for i in range(EVAL_SCENES)]
     curve: list[dict] = []
@@ -119,7 +128,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
             group["lr"] = lr_at(step, steps, lr, WARMUP) * group["scale"]
         model.train()
         loss = model(**lmm_batch(first + step, batch, seed, processor, n_image_tokens)).loss
-        optimizer_step(loss, opt, model.parameters())
+        optimizer_step(loss, opt, [p for group in groups for p in group["params"]])
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % 50 == 0:
             log.info("%s step %d loss %.4f (%.0fs)", variant, step, loss.item(), time.time() - start)
@@ -176,7 +185,7 @@ def _job(name: str, args: argparse.Namespace) -> Path:
     if name == "sam":
         return train_sam(args.out, args.sam_steps, args.sam_batch, SAM_LR, args.seed, args.sam_init)
     return train_lmm(name, args.out, args.steps, args.batch, args.lr, args.seed, args.checkpoints, args.vision_steps,
-                     args.init)
+                     args.init, args.vision_lr_scale)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--steps", type=int, default=None, help=f"LMM optimisation steps per variant (default {LMM_STEPS})")
     p.add_argument("--vision-steps", type=int, default=VISION_STEPS, help="vision-tower pretraining steps")
+    p.add_argument("--vision-lr-scale", type=float, default=VISION_LR_SCALE,
+                   help="LLaVA-stage learning rate of the pretrained vision tower, as a fraction of --lr (0: frozen)")
     p.add_argument("--sam-steps", type=int, default=SAM_STEPS, help="SAM optimisation steps (0: skip SAM)")
     p.add_argument("--init", type=Path, help="continue LMM training from this saved organism folder (one variant)")
     p.add_argument("--sam-init", type=Path, help="continue SAM training from this saved SAM folder")
