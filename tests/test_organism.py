@@ -25,7 +25,15 @@ from flmm_probe.organism import (
     shipped_steps,
 )
 from flmm_probe.organism.build import VARIANTS, build_processor
-from flmm_probe.organism.evaluate import caption_accuracy, caption_hits, pointing, qa_accuracy, teacher_forced_accuracy
+from flmm_probe.organism.evaluate import (
+    PHRASE_WORDS,
+    caption_accuracy,
+    caption_hits,
+    pointing,
+    pointing_by_word,
+    qa_accuracy,
+    teacher_forced_accuracy,
+)
 from flmm_probe.organism.sam import box_miou
 from flmm_probe.organism.text import IGNORE, conversation, encode
 from flmm_probe.organism.train import main
@@ -210,8 +218,21 @@ def qa_scores(small):
 
 
 @pytest.fixture(scope="module")
-def pointing_score(small):
-    return pointing(*small, CROWDED)
+def pointing_words(small):
+    return pointing_by_word(*small, CROWDED)
+
+
+@pytest.fixture(scope="module")
+def pointing_score(pointing_words):
+    return pointing_words["phrase"]
+
+
+def test_pointing_by_word(small, pointing_words):
+    assert set(pointing_words) == {"phrase", *PHRASE_WORDS}
+    assert np.array_equal(pointing(*small, CROWDED[:5]).hit, pointing_by_word(*small, CROWDED[:5])["phrase"].hit)
+    # docs/organism.md: the colour word (which predicts the shape) points, the shape word (which predicts
+    # a comma) does not
+    assert pointing_words["colour"].hit.max() > pointing_words["shape"].hit.max() + 0.2
 
 
 def test_shipped_small_reads_the_image(caption_scores, qa_scores):

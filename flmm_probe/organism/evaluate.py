@@ -9,6 +9,7 @@
   object's mask (cell coverage >= 0.5, or >= half the best cell's for masks smaller than a cell)?
   "Wrong object" is the same test against the other objects' masks. The uniform-map baseline is
   ``pointing_game`` of a flat map (the share of the grid's cells that count as inside).
+  ``pointing_by_word`` scores each word of the phrase on its own (article, size, colour, shape).
 """
 
 from __future__ import annotations
@@ -143,8 +144,12 @@ class Pointing:
 
 
 @torch.no_grad()
-def caption_maps(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scene: Scene) -> torch.Tensor:
-    """Per caption phrase, each head's attention over the image patches: (phrase, layer, head, gy, gx)."""
+def caption_maps(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each caption token's attention over the image patches, per head, and the phrase each token belongs to.
+
+    Returns maps (token, layer, head, gy, gx) for the tokens of the caption's phrases, in order, and
+    owner (token,) int64: the index of the token's phrase in ``scene.caption_phrases``.
+    """
     n_image = int(model.config.image_seq_length)
     grid = int(round(n_image**0.5))
     ids, _ = encode([(DESCRIBE, scene.caption)], processor.tokenizer, n_image)
@@ -161,26 +166,41 @@ def caption_maps(model: LlavaForConditionalGeneration, processor: LlavaProcessor
     pixel_values = processor.image_processor(images=[scene.image], return_tensors="pt")["pixel_values"].to(model.dtype)
     with AttentionProbe(model, torch.tensor([rows]), image_positions[None]) as probe:
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=pixel_values, use_cache=False)
-    weights = probe.weights[0]  # (layer, head, query, key)
-    owner_t = torch.tensor(owner)
-    maps = torch.stack([weights[:, :, owner_t == p].mean(dim=2) for p in range(len(scene.caption_phrases))])
-    return maps.reshape(*maps.shape[:3], grid, grid)  # (phrase, layer, head, gy, gx)
+    weights = probe.weights[0].permute(2, 0, 1, 3)  # (token, layer, head, key)
+    return weights.reshape(*weights.shape[:3], grid, grid), torch.tensor(owner)
+
+
+# The words of a caption phrase, "a large red circle": the article, size, colour and shape.
+PHRASE_WORDS = ("article", "size", "colour", "shape")
 
 
 def pointing(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene]) -> Pointing:
     """Pointing game (``flmm_probe.metrics.pointing_game``) of every head for every object's caption phrase."""
-    hits, wrong, uniform = [], [], []
+    return pointing_by_word(model, processor, scenes)["phrase"]
+
+
+def pointing_by_word(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene]) -> dict[str, Pointing]:
+    """``pointing`` of each phrase's mean map ("phrase") and of each of its words' maps (``PHRASE_WORDS``):
+    which word's attention finds the object."""
+    kinds = ("phrase",) + PHRASE_WORDS
+    hits: dict[str, list] = {k: [] for k in kinds}
+    wrong: dict[str, list] = {k: [] for k in kinds}
+    uniform = []
     for scene in scenes:
-        maps = caption_maps(model, processor, scene)  # (phrase, layer, head, gy, gx)
-        grid = tuple(maps.shape[-2:])
+        tokens, owner = caption_maps(model, processor, scene)  # (token, layer, head, gy, gx), (token,)
+        grid = tuple(tokens.shape[-2:])
         covers = [mask_to_grid(o.mask, grid) for o in scene.objects]  # each (gy, gx)
         for p, phrase in enumerate(scene.caption_phrases):
+            own = tokens[owner == p]  # (word, layer, head, gy, gx)
+            assert len(own) == len(PHRASE_WORDS), phrase.text
             target = phrase.object_ids[0]
-            hits.append(pointing_game(maps[p], covers[target]).numpy())  # (layer, head)
-            others = [pointing_game(maps[p], c).numpy() for i, c in enumerate(covers) if i != target]
-            wrong.append(np.sum(others, axis=0) if others else np.zeros(maps.shape[1:3]))
+            for kind, phrase_map in zip(kinds, [own.mean(dim=0), *own]):  # each (layer, head, gy, gx)
+                hits[kind].append(pointing_game(phrase_map, covers[target]).numpy())  # (layer, head)
+                others = [pointing_game(phrase_map, c).numpy() for i, c in enumerate(covers) if i != target]
+                wrong[kind].append(np.sum(others, axis=0) if others else np.zeros(phrase_map.shape[:2]))
             uniform.append(pointing_game(torch.ones(grid), covers[target]).item())
-    return Pointing(np.mean(hits, axis=0), np.mean(wrong, axis=0), float(np.mean(uniform)), len(hits))
+    return {k: Pointing(np.mean(hits[k], axis=0), np.mean(wrong[k], axis=0), float(np.mean(uniform)), len(uniform))
+            for k in kinds}
 
 
 def report(path: str, n: int = 100, splits: tuple[str, ...] = ("test", "compositional"), seed: int = 0,
@@ -195,7 +215,8 @@ def report(path: str, n: int = 100, splits: tuple[str, ...] = ("test", "composit
     for split in splits:
         scenes = [make_scene(split, i, seed) for i in range(n)]
         crowded = [s for s in (make_scene(split, i, seed) for i in range(3 * n)) if len(s.objects) >= 3][:n]
-        score = pointing(model, processor, crowded)
+        by_word = pointing_by_word(model, processor, crowded)
+        score = by_word["phrase"]
         layer, head = score.best_head
         out[split] = {} if pointing_only else {
             "caption": caption_accuracy(model, processor, scenes),
@@ -209,6 +230,9 @@ def report(path: str, n: int = 100, splits: tuple[str, ...] = ("test", "composit
             "pointing_mean_per_layer": score.hit.mean(axis=1).astype(np.float64).round(3).tolist(),
             "wrong_object_per_layer_best": [float(score.wrong_object[i, j]) for i, j in enumerate(score.hit.argmax(axis=1))],
             "uniform": score.uniform,
+            "pointing_best_by_word": {word: {"head": list(w.best_head), "pointing": float(w.hit[w.best_head]),
+                                             "wrong_object": float(w.wrong_object[w.best_head])}
+                                      for word, w in by_word.items() if word != "phrase"},
             "n_phrases": score.n_phrases,
         }
     return out
