@@ -159,7 +159,7 @@ def test_short_training_run_end_to_end(tmp_path):
     assert (tmp_path / "sam" / "model.safetensors").is_file()
 
 
-def test_frozen_vision_tower_stays_unchanged(tmp_path):
+def test_frozen_vision_tower_stays_unchanged(tmp_path, caplog):
     argv = ["--out", str(tmp_path), "--variants", "small", "--steps", "2", "--batch", "2", "--checkpoints", "1",
             "--vision-steps", "2", "--sam-steps", "0", "--vision-lr-scale", "0"]
     assert main(argv) == 0
@@ -167,6 +167,7 @@ def test_frozen_vision_tower_stays_unchanged(tmp_path):
     tower = [k for k in before if k.startswith("vision_tower.")]
     assert tower and all(torch.equal(before[k], after[k]) for k in tower)
     assert any(not torch.equal(before[k], after[k]) for k in before if k not in tower), "the rest trains"
+    assert "small step 0 loss" in caplog.text, "one model trains in-process and logs its progress"
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

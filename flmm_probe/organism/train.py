@@ -181,6 +181,8 @@ def train_sam(out: Path, steps: int = SAM_STEPS, batch: int = SAM_BATCH, lr: flo
 def _job(name: str, args: argparse.Namespace) -> Path:
     """Train one model (an LMM variant, or "sam") as ``main``'s arguments say; runs in a worker process."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(message)s")
+    # Training progress is always logged, also in-process under `flmm-probe`, whose root logger is at WARNING.
+    logging.getLogger("flmm_probe.organism").setLevel(logging.INFO)
     torch.set_num_threads(args.threads)
     if name == "sam":
         return train_sam(args.out, args.sam_steps, args.sam_batch, SAM_LR, args.seed, args.sam_init)
