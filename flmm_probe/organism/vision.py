@@ -29,6 +29,7 @@ ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES}
 # no object is invisible. (With 1/8, border patches looked like the object's interior and the LM's
 # attention spread onto them.)
 MIN_COVER = 0.5
+EVAL_SCENES = 200  # val scenes on which the finished pretraining is scored
 
 
 def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params, clip: float = 1.0) -> None:
@@ -57,14 +58,14 @@ def patch_labels(scene: Scene, patch: int) -> dict[str, torch.Tensor]:
 
 def pretrain_vision(tower: CLIPVisionModel, image_processor: CLIPImageProcessor, patch: int, steps: int, batch: int,
                     lr: float, seed: int) -> dict[str, float]:
-    """Train ``tower`` in place on patch labels; returns the last step's per-attribute patch accuracy."""
+    """Train ``tower`` in place on patch labels; returns per-attribute accuracy on the object patches of
+    ``EVAL_SCENES`` val scenes (the "none" patches, most of an image, would hide how well shape is told)."""
     width = tower.config.hidden_size
     heads = nn.ModuleDict({name: nn.Linear(width, len(values) + 1) for name, values in ATTRIBUTES.items()})
     params = list(tower.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     tower.train()
     start = time.time()
-    accuracy: dict[str, float] = {}
     for step in tqdm(range(steps), desc="vision pretraining", disable=None):
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * (1 - step / steps))
@@ -75,10 +76,24 @@ def pretrain_vision(tower: CLIPVisionModel, image_processor: CLIPImageProcessor,
         loss = torch.zeros(())
         for name, head in heads.items():
             target = torch.stack([lab[name] for lab in labels])  # (batch, grid*grid)
-            logits = head(tokens)  # (batch, grid*grid, classes)
-            loss = loss + F.cross_entropy(logits.flatten(0, 1), target.flatten())
-            accuracy[name] = (logits.argmax(-1) == target).float().mean().item()
+            loss = loss + F.cross_entropy(head(tokens).flatten(0, 1), target.flatten())
         optimizer_step(loss, opt, params)
         if step % 50 == 0:
-            log.info("vision step %d loss %.4f acc %s (%.0fs)", step, loss.item(), accuracy, time.time() - start)
+            log.info("vision step %d loss %.4f (%.0fs)", step, loss.item(), time.time() - start)
+    accuracy = object_patch_accuracy(tower, heads, image_processor, patch, [make_scene("val", i, seed) for i in range(EVAL_SCENES)])
+    log.info("vision pretraining done: object-patch accuracy %s", accuracy)
     return accuracy
+
+
+@torch.no_grad()
+def object_patch_accuracy(tower: CLIPVisionModel, heads: nn.ModuleDict, image_processor: CLIPImageProcessor, patch: int,
+                          scenes: list[Scene]) -> dict[str, float]:
+    """Per attribute, the heads' accuracy on the patches that an object owns (``patch_labels``)."""
+    was_training = tower.training
+    pixels = image_processor(images=[s.image for s in scenes], return_tensors="pt")["pixel_values"]
+    tokens = tower.eval()(pixel_values=pixels).last_hidden_state[:, 1:]  # (scenes, grid*grid, width)
+    tower.train(was_training)
+    labels = [patch_labels(s, patch) for s in scenes]
+    owned = torch.stack([lab["shape"] for lab in labels]) < len(SHAPES)  # (scenes, grid*grid)
+    return {name: (head(tokens).argmax(-1) == torch.stack([lab[name] for lab in labels]))[owned].float().mean().item()
+            for name, head in heads.items()}
