@@ -29,7 +29,7 @@ ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES}
 # no object is invisible. (With 1/8, border patches looked like the object's interior and the LM's
 # attention spread onto them.)
 MIN_COVER = 0.5
-EVAL_SCENES = 200  # val scenes on which the finished pretraining is scored
+SCORE_SCENES = 200  # val scenes on which the finished pretraining is scored (train.py logs the LMM on its own EVAL_SCENES)
 
 
 def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params, clip: float = 1.0) -> None:
@@ -59,7 +59,7 @@ def patch_labels(scene: Scene, patch: int) -> dict[str, torch.Tensor]:
 def pretrain_vision(tower: CLIPVisionModel, image_processor: CLIPImageProcessor, patch: int, steps: int, batch: int,
                     lr: float, seed: int) -> dict[str, float]:
     """Train ``tower`` in place on patch labels; returns per-attribute accuracy on the object patches of
-    ``EVAL_SCENES`` val scenes (the "none" patches, most of an image, would hide how well shape is told)."""
+    ``SCORE_SCENES`` val scenes (the "none" patches, most of an image, would hide how well shape is told)."""
     width = tower.config.hidden_size
     heads = nn.ModuleDict({name: nn.Linear(width, len(values) + 1) for name, values in ATTRIBUTES.items()})
     params = list(tower.parameters()) + list(heads.parameters())
@@ -80,7 +80,7 @@ def pretrain_vision(tower: CLIPVisionModel, image_processor: CLIPImageProcessor,
         optimizer_step(loss, opt, params)
         if step % 50 == 0:
             log.info("vision step %d loss %.4f (%.0fs)", step, loss.item(), time.time() - start)
-    accuracy = object_patch_accuracy(tower, heads, image_processor, patch, [make_scene("val", i, seed) for i in range(EVAL_SCENES)])
+    accuracy = object_patch_accuracy(tower, heads, image_processor, patch, [make_scene("val", i, seed) for i in range(SCORE_SCENES)])
     log.info("vision pretraining done: object-patch accuracy %s", accuracy)
     return accuracy
 
