@@ -36,7 +36,7 @@ from flmm_probe.organism.evaluate import (
 )
 from flmm_probe.organism.sam import box_miou
 from flmm_probe.organism.text import IGNORE, conversation, encode
-from flmm_probe.organism.train import main
+from flmm_probe.organism.train import LMM_STEPS, SEED, VISION_LR_SCALE, VISION_STEPS, main
 from flmm_probe.organism.vision import ATTRIBUTES, object_patch_accuracy, patch_labels
 
 # A fixed held-out set: the first 100 scenes of the test split (seed 0).
@@ -204,6 +204,15 @@ def test_shipped_models_load_offline_with_auto_classes(variant):
     with torch.no_grad():
         logits = model(**inputs).logits
     assert logits.shape[-1] == model.config.text_config.vocab_size and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_shipped_models_were_trained_with_the_defaults(variant):
+    # train.py says the shipped models come from its defaults, from scratch: `flmm-probe organism train`
+    # with no options reproduces them.
+    meta = json.loads((WEIGHTS_DIR / variant / "training.json").read_text())
+    assert (meta["steps"], meta["vision_steps"], meta["vision_lr_scale"], meta["seed"], meta["init"]) == \
+        (LMM_STEPS[variant], VISION_STEPS[variant], VISION_LR_SCALE, SEED, None)
 
 
 def test_shipped_size_budget():
