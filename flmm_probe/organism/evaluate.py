@@ -114,8 +114,8 @@ def teacher_forced_accuracy(model: LlavaForConditionalGeneration, processor: Lla
         chunk = items[i : i + batch]
         inputs = collate([encode(turns, processor.tokenizer, n_image) for _, turns, _ in chunk], processor.tokenizer.pad_token_id)
         pixels = processor.image_processor(images=[s.image for s, _, _ in chunk], return_tensors="pt")["pixel_values"]
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                       pixel_values=pixels.to(model.dtype)).logits
+        logits = model(input_ids=inputs["input_ids"].to(model.device), attention_mask=inputs["attention_mask"].to(model.device),
+                       pixel_values=pixels.to(model.device, model.dtype)).logits.cpu()
         labels = inputs["labels"][:, 1:]
         hit = logits[:, :-1].argmax(-1) == labels
         for row, (_, _, kind) in enumerate(chunk):

@@ -83,11 +83,12 @@ def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int) 
 
 def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BATCH, lr: float = LR, seed: int = SEED,
               checkpoints: int = CHECKPOINTS, vision_steps: int | None = None, init: Path | None = None,
-              vision_lr_scale: float = VISION_LR_SCALE) -> Path:
+              vision_lr_scale: float = VISION_LR_SCALE, device: str = "cpu") -> Path:
     """Train one variant from scratch (vision pretraining, then LLaVA); returns the ``final`` folder.
 
     ``init``: a saved organism to continue from instead (no vision pretraining; a new schedule of
-    ``steps`` steps on train scenes after those its earlier stages used).
+    ``steps`` steps on train scenes after those its earlier stages used). ``device``: where the model
+    trains (scenes are always made on the CPU); the shipped models were trained on the CPU.
     """
     cfg = VARIANTS[variant]
     steps = LMM_STEPS[variant] if steps is None else steps
@@ -97,11 +98,11 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     n_image_tokens = (IMAGE_SIZE // cfg.patch) ** 2
     first = 0  # optimisation steps of earlier stages: their scenes are not reused
     if init is None:
-        model = build_lmm(cfg, processor.tokenizer)
+        model = build_lmm(cfg, processor.tokenizer).to(device)
         vision_accuracy = pretrain_vision(model.model.vision_tower, processor.image_processor, cfg.patch, vision_steps,
                                           batch, VISION_LR, seed)
     else:
-        model = LlavaForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
+        model = LlavaForConditionalGeneration.from_pretrained(init, dtype=torch.float32).to(device)
         earlier = json.loads((init / "training.json").read_text())
         first = earlier.get("first_step", 0) + earlier["step"]
         vision_accuracy, vision_steps = None, 0
@@ -131,7 +132,8 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, WARMUP) * group["scale"]
         model.train()
-        loss = model(**lmm_batch(first + step, batch, seed, processor, n_image_tokens)).loss
+        inputs = lmm_batch(first + step, batch, seed, processor, n_image_tokens)
+        loss = model(**{k: v.to(device) for k, v in inputs.items()}).loss
         optimizer_step(loss, opt, [p for group in groups for p in group["params"]])
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % 50 == 0:
@@ -191,7 +193,7 @@ def _job(name: str, args: argparse.Namespace) -> Path:
     if name == "sam":
         return train_sam(args.out, args.sam_steps, args.sam_batch, SAM_LR, args.seed, args.sam_init)
     return train_lmm(name, args.out, args.steps, args.batch, args.lr, args.seed, args.checkpoints, args.vision_steps,
-                     args.init, args.vision_lr_scale)
+                     args.init, args.vision_lr_scale, args.device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2,
                    help="models trained at once, one process each (small, coarse, sam are independent)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    p.add_argument("--device", default="cpu", help="where the LMMs train, e.g. cuda (SAM and scene making stay on the CPU)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     names = list(args.variants) + (["sam"] if args.sam_steps > 0 else [])

@@ -61,7 +61,7 @@ def pretrain_vision(tower: CLIPVisionModel, image_processor: CLIPImageProcessor,
     """Train ``tower`` in place on patch labels; returns per-attribute accuracy on the object patches of
     ``SCORE_SCENES`` val scenes (the "none" patches, most of an image, would hide how well shape is told)."""
     width = tower.config.hidden_size
-    heads = nn.ModuleDict({name: nn.Linear(width, len(values) + 1) for name, values in ATTRIBUTES.items()})
+    heads = nn.ModuleDict({name: nn.Linear(width, len(values) + 1) for name, values in ATTRIBUTES.items()}).to(tower.device)
     params = list(tower.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     tower.train()
@@ -71,11 +71,11 @@ def pretrain_vision(tower: CLIPVisionModel, image_processor: CLIPImageProcessor,
             group["lr"] = lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * (1 - step / steps))
         scenes = [make_scene("train", step * batch + i, seed + 2) for i in range(batch)]
         pixels = image_processor(images=[s.image for s in scenes], return_tensors="pt")["pixel_values"]
-        tokens = tower(pixel_values=pixels).last_hidden_state[:, 1:]  # (batch, grid*grid, width)
+        tokens = tower(pixel_values=pixels.to(tower.device)).last_hidden_state[:, 1:]  # (batch, grid*grid, width)
         labels = [patch_labels(s, patch) for s in scenes]
-        loss = torch.zeros(())
+        loss = torch.zeros((), device=tower.device)
         for name, head in heads.items():
-            target = torch.stack([lab[name] for lab in labels])  # (batch, grid*grid)
+            target = torch.stack([lab[name] for lab in labels]).to(tower.device)  # (batch, grid*grid)
             loss = loss + F.cross_entropy(head(tokens).flatten(0, 1), target.flatten())
         optimizer_step(loss, opt, params)
         if step % 50 == 0:
@@ -91,9 +91,10 @@ def object_patch_accuracy(tower: CLIPVisionModel, heads: nn.ModuleDict, image_pr
     """Per attribute, the heads' accuracy on the patches that an object owns (``patch_labels``)."""
     was_training = tower.training
     pixels = image_processor(images=[s.image for s in scenes], return_tensors="pt")["pixel_values"]
-    tokens = tower.eval()(pixel_values=pixels).last_hidden_state[:, 1:]  # (scenes, grid*grid, width)
+    tokens = tower.eval()(pixel_values=pixels.to(tower.device)).last_hidden_state[:, 1:]  # (scenes, grid*grid, width)
     tower.train(was_training)
-    labels = [patch_labels(s, patch) for s in scenes]
-    owned = torch.stack([lab["shape"] for lab in labels]) < len(SHAPES)  # (scenes, grid*grid)
-    return {name: (head(tokens).argmax(-1) == torch.stack([lab[name] for lab in labels]))[owned].float().mean().item()
+    per_scene = [patch_labels(s, patch) for s in scenes]
+    labels = {name: torch.stack([lab[name] for lab in per_scene]).to(tokens.device) for name in heads}  # each (scenes, grid*grid)
+    owned = labels["shape"] < len(SHAPES)  # (scenes, grid*grid)
+    return {name: (head(tokens).argmax(-1) == labels[name])[owned].float().mean().item()
             for name, head in heads.items()}
