@@ -179,6 +179,18 @@ def test_short_training_run_end_to_end(tmp_path):
     assert (tmp_path / "sam" / "model.safetensors").is_file()
 
 
+def test_learning_rate_defaults_per_variant_and_device_option(tmp_path):
+    # --lr left out: each variant trains at its own default (coarse 5e-4, small 1e-3); --lr overrides it.
+    common = ["--steps", "1", "--batch", "2", "--checkpoints", "1", "--vision-steps", "1", "--sam-steps", "0",
+              "--jobs", "1", "--device", "cpu"]
+    assert main(["--out", str(tmp_path / "default"), "--variants", "coarse", "small", *common]) == 0
+    assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", *common]) == 0
+    recorded = {(run, v): json.loads((tmp_path / run / v / "final" / "training.json").read_text())["lr"]
+                for run, v in (("default", "coarse"), ("default", "small"), ("given", "coarse"))}
+    assert recorded == {("default", "coarse"): LR["coarse"], ("default", "small"): LR["small"], ("given", "coarse"): 2e-4}
+    assert LR["coarse"] != LR["small"]
+
+
 def test_frozen_vision_tower_stays_unchanged(tmp_path, caplog):
     argv = ["--out", str(tmp_path), "--variants", "small", "--steps", "2", "--batch", "2", "--checkpoints", "1",
             "--vision-steps", "2", "--sam-steps", "0", "--vision-lr-scale", "0"]
