@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
 from flmm_probe.data.shapes import COLOURS, DESCRIBE, IMAGE_SIZE, LIST_OBJECTS, SHAPES, make_scene
+from flmm_probe.metrics import mask_to_grid
 from flmm_probe.organism import (
     WEIGHTS_DIR,
     OrganismNotFoundError,
@@ -24,18 +25,20 @@ from flmm_probe.organism import (
     organism_path,
     shipped_steps,
 )
+from flmm_probe.organism import evaluate
 from flmm_probe.organism.build import VARIANTS, build_processor
 from flmm_probe.organism.evaluate import (
     PHRASE_WORDS,
     caption_accuracy,
     caption_hits,
+    expression_pointing,
     pointing,
     pointing_by_word,
     qa_accuracy,
     teacher_forced_accuracy,
 )
 from flmm_probe.organism.sam import box_miou
-from flmm_probe.organism.text import IGNORE, conversation, encode
+from flmm_probe.organism.text import IGNORE, conversation, encode, grounded_expression
 from flmm_probe.organism.train import LMM_STEPS, LR, SEED, VISION_LR_SCALE, VISION_STEPS, main
 from flmm_probe.organism.vision import ATTRIBUTES, object_patch_accuracy, patch_labels
 
@@ -154,6 +157,49 @@ def test_conversations_mix_descriptions_and_questions():
     assert all(turn in answers for q in questions for turn in q)
 
 
+def test_grounded_expression_appends_what_it_does_not_say_about_its_referent():
+    scene = next(s for s in (make_scene("train", i) for i in range(50))
+                 if {e.kind for e in s.expressions} >= {"attribute", "relational", "superlative"})
+    for e in scene.expressions:
+        o = scene.objects[e.target]
+        text = grounded_expression(scene, e)
+        assert text == e.text or text.startswith(e.text + " ")
+        tail = text[len(e.text):].split()
+        referent_words = e.text.split(" left")[0].split(" right")[0].split(" above")[0].split(" below")[0].split()
+        assert tail == [w for w in (o.colour, o.size) if w not in referent_words], (e.text, text)
+        if e.kind == "relational":
+            assert tail == [o.size], "the anchor's words are not the referent's"
+        if e.kind == "superlative":
+            assert tail == [o.colour, o.size]
+    # The option changes the expression turns' answers and nothing else: same draws, same other turns.
+    bare = [conversation(scene, np.random.default_rng(k)) for k in range(300)]
+    grounded = [conversation(scene, np.random.default_rng(k), grounded_expressions=True) for k in range(300)]
+    expressions = {e.text: grounded_expression(scene, e) for e in scene.expressions}
+    changed = [(b, g) for b, g in zip(bare, grounded) if b != g]
+    assert changed and all(b[1:] == g[1:] and g[0] == (b[0][0], expressions[b[0][1]]) for b, g in changed)
+    assert not any(turn[1] in expressions.values() and turn[1] not in expressions for c in bare for turn in c)
+
+
+def test_expression_pointing_scores_each_expression_on_its_referent(monkeypatch):
+    # Head 0 of an oracle model looks at each expression's own referent, head 1 at the whole image: the
+    # scores must say 1.0 and the uniform baseline, with no hit on another object, for every kind.
+    def oracle(model, processor, scene, answer):
+        (expression,) = [e for e in scene.expressions if e.text == answer]
+        cover = mask_to_grid(expression.mask, (10, 10))
+        return torch.stack([cover, torch.ones(10, 10)])[None, None].expand(len(answer.split()), 1, 2, 10, 10)
+
+    monkeypatch.setattr(evaluate, "answer_maps", oracle)
+    scenes = CROWDED[:12]
+    scores = expression_pointing(None, None, scenes)
+    kinds = {e.kind for s in scenes for e in s.expressions}
+    assert set(scores) == {"all"} | kinds and len(kinds) == 3
+    assert scores["all"].n_phrases == sum(len(s.expressions) for s in scenes) == sum(scores[k].n_phrases for k in kinds)
+    for kind, score in scores.items():
+        assert score.hit.shape == (1, 2) and score.best_head == (0, 0), kind
+        assert score.hit[0, 0] == 1.0 and score.wrong_object[0, 0] == 0.0
+        assert score.hit[0, 1] == pytest.approx(score.uniform)
+
+
 def test_caption_hits_match_objects_in_any_order():
     scene = next(s for s in HELD_OUT if len(s.objects) == 3)
     a, b, c = (f"a {o.size} {o.colour} {o.shape}" for o in scene.objects)
@@ -184,10 +230,12 @@ def test_learning_rate_defaults_per_variant_and_device_option(tmp_path):
     common = ["--steps", "1", "--batch", "2", "--checkpoints", "1", "--vision-steps", "1", "--sam-steps", "0",
               "--jobs", "1", "--device", "cpu"]
     assert main(["--out", str(tmp_path / "default"), "--variants", "coarse", "small", *common]) == 0
-    assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", *common]) == 0
-    recorded = {(run, v): json.loads((tmp_path / run / v / "final" / "training.json").read_text())["lr"]
+    assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", "--grounded-expressions", *common]) == 0
+    recorded = {(run, v): json.loads((tmp_path / run / v / "final" / "training.json").read_text())
                 for run, v in (("default", "coarse"), ("default", "small"), ("given", "coarse"))}
-    assert recorded == {("default", "coarse"): LR["coarse"], ("default", "small"): LR["small"], ("given", "coarse"): 2e-4}
+    assert {k: r["lr"] for k, r in recorded.items()} == {("default", "coarse"): LR["coarse"], ("default", "small"): LR["small"],
+                                                         ("given", "coarse"): 2e-4}
+    assert [r["grounded_expressions"] for r in recorded.values()] == [False, False, True]
     assert LR["coarse"] != LR["small"]
 
 
@@ -268,6 +316,17 @@ def pointing_words(small):
 @pytest.fixture(scope="module")
 def pointing_score(pointing_words):
     return pointing_words["phrase"]
+
+
+def test_expression_pointing_of_shipped_small_is_documented(small):
+    # the numbers docs/organism.md reports are the ones this code gives (same 100 crowded test scenes)
+    documented = json.loads(DOCUMENTED_SCORES.read_text())[0]["test"]["expression_pointing"]
+    scores = expression_pointing(*small, CROWDED)
+    assert set(scores) == set(documented) == {"all", "attribute", "relational", "superlative"}
+    for kind, score in scores.items():
+        assert list(score.best_head) == documented[kind]["head"], kind
+        assert score.hit[score.best_head] == pytest.approx(documented[kind]["pointing"], abs=1e-6), kind
+        assert score.n_phrases == documented[kind]["n_expressions"]
 
 
 def test_pointing_by_word(pointing_words):

@@ -10,6 +10,8 @@
   "Wrong object" is the same test against the other objects' masks. The uniform-map baseline is
   ``pointing_game`` of a flat map (the share of the grid's cells that count as inside).
   ``pointing_by_word`` scores each word of the phrase on its own (article, size, colour, shape).
+- ``expression_pointing``: the same for the referring expressions, read as F-LMM reads them (the bare
+  expression after ``DESCRIBE``, mean over its tokens), by kind (attribute, relational, superlative).
 """
 
 from __future__ import annotations
@@ -144,30 +146,39 @@ class Pointing:
 
 
 @torch.no_grad()
+def answer_maps(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scene: Scene, answer: str) -> torch.Tensor:
+    """Each token of ``answer`` (teacher-forced after ``DESCRIBE``): its attention over the image patches.
+
+    Returns (token, layer, head, gy, gx), one row per token of ``answer`` (not the "</s>" after it).
+    """
+    n_image = int(model.config.image_seq_length)
+    grid = int(round(n_image**0.5))
+    ids, _ = encode([(DESCRIBE, answer)], processor.tokenizer, n_image)
+    batch = collate([(ids, ids)], processor.tokenizer.pad_token_id)
+    n_answer = len(processor.tokenizer(answer, add_special_tokens=False)["input_ids"])
+    rows = torch.arange(len(ids) - n_answer - 1, len(ids) - 1)
+    image_positions = (batch["input_ids"][0] == model.config.image_token_id).nonzero()[:, 0]
+    pixel_values = processor.image_processor(images=[scene.image], return_tensors="pt")["pixel_values"].to(model.dtype)
+    with AttentionProbe(model, rows[None], image_positions[None]) as probe:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=pixel_values, use_cache=False)
+    weights = probe.weights[0].permute(2, 0, 1, 3)  # (token, layer, head, key)
+    return weights.reshape(*weights.shape[:3], grid, grid)
+
+
 def caption_maps(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
     """Each caption token's attention over the image patches, per head, and the phrase each token belongs to.
 
     Returns maps (token, layer, head, gy, gx) for the tokens of the caption's phrases, in order, and
     owner (token,) int64: the index of the token's phrase in ``scene.caption_phrases``.
     """
-    n_image = int(model.config.image_seq_length)
-    grid = int(round(n_image**0.5))
-    ids, _ = encode([(DESCRIBE, scene.caption)], processor.tokenizer, n_image)
-    batch = collate([(ids, ids)], processor.tokenizer.pad_token_id)
-    answer_start = len(ids) - len(processor.tokenizer(scene.caption, add_special_tokens=False)["input_ids"]) - 1
     offsets = processor.tokenizer(scene.caption, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     rows, owner = [], []
     for p, phrase in enumerate(scene.caption_phrases):
         for t, (a, b) in enumerate(offsets):
             if a < phrase.end and b > phrase.start:
-                rows.append(answer_start + t)
+                rows.append(t)
                 owner.append(p)
-    image_positions = (batch["input_ids"][0] == model.config.image_token_id).nonzero()[:, 0]
-    pixel_values = processor.image_processor(images=[scene.image], return_tensors="pt")["pixel_values"].to(model.dtype)
-    with AttentionProbe(model, torch.tensor([rows]), image_positions[None]) as probe:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=pixel_values, use_cache=False)
-    weights = probe.weights[0].permute(2, 0, 1, 3)  # (token, layer, head, key)
-    return weights.reshape(*weights.shape[:3], grid, grid), torch.tensor(owner)
+    return answer_maps(model, processor, scene, scene.caption)[rows], torch.tensor(owner)
 
 
 # The words of a caption phrase, "a large red circle": the article, size, colour and shape.
@@ -203,6 +214,27 @@ def pointing_by_word(model: LlavaForConditionalGeneration, processor: LlavaProce
             for k in kinds}
 
 
+def expression_pointing(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene]) -> dict[str, Pointing]:
+    """``pointing`` of each referring expression's mean map, as F-LMM reads it: the bare expression
+    teacher-forced after ``DESCRIBE``, its tokens' maps averaged; for all expressions ("all") and by kind."""
+    hits: dict[str, list] = {}
+    wrong: dict[str, list] = {}
+    uniform: dict[str, list] = {}
+    for scene in scenes:
+        covers = None
+        for e in scene.expressions:
+            expression_map = answer_maps(model, processor, scene, e.text).mean(dim=0)  # (layer, head, gy, gx)
+            if covers is None:
+                covers = [mask_to_grid(o.mask, tuple(expression_map.shape[-2:])) for o in scene.objects]
+            others = [pointing_game(expression_map, c).numpy() for i, c in enumerate(covers) if i != e.target]
+            for kind in ("all", e.kind):
+                hits.setdefault(kind, []).append(pointing_game(expression_map, covers[e.target]).numpy())
+                wrong.setdefault(kind, []).append(np.sum(others, axis=0) if others else np.zeros(expression_map.shape[:2]))
+                uniform.setdefault(kind, []).append(pointing_game(torch.ones(covers[0].shape), covers[e.target]).item())
+    return {k: Pointing(np.mean(hits[k], axis=0), np.mean(wrong[k], axis=0), float(np.mean(uniform[k])), len(uniform[k]))
+            for k in hits}
+
+
 def report(path: str, n: int = 100, splits: tuple[str, ...] = ("test", "compositional"), seed: int = 0,
            pointing_only: bool = False) -> dict:
     """All scores of the LMM saved at ``path`` on the first ``n`` scenes of each split (JSON-ready).
@@ -234,6 +266,10 @@ def report(path: str, n: int = 100, splits: tuple[str, ...] = ("test", "composit
                                              "wrong_object": float(w.wrong_object[w.best_head])}
                                       for word, w in by_word.items() if word != "phrase"},
             "n_phrases": score.n_phrases,
+            "expression_pointing": {kind: {"head": list(e.best_head), "pointing": float(e.hit[e.best_head]),
+                                           "wrong_object": float(e.wrong_object[e.best_head]), "uniform": e.uniform,
+                                           "n_expressions": e.n_phrases}
+                                    for kind, e in expression_pointing(model, processor, crowded).items()},
         }
     return out
 

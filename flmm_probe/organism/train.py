@@ -52,8 +52,9 @@ BATCH = 32
 SAM_BATCH = 8
 # Question skills come as late, sudden transitions. At 1e-3 `coarse` learned one question direction
 # (colour-of-shape or shape-of-colour) at step 2,500-3,000 in about half of the runs; at 5e-4 they came
-# at step ~1,000-2,000, and two of four runs learned both (docs/organism.md, "Session 5"). `small` at 5e-4
-# is untried, so it keeps the rate its shipped model was trained with.
+# at step ~1,000-2,000, and two of four runs learned both (docs/organism.md, "Session 5"). `small` keeps the
+# rate its shipped model was trained with: its one run at 5e-4 (session 6, with grounded expressions) ended
+# with its questions at the prior like the shipped one.
 LR = {"small": 1e-3, "coarse": 5e-4}
 SAM_LR = 1e-3
 WARMUP = 150
@@ -75,11 +76,12 @@ def checkpoint_steps(steps: int, n: int) -> set[int]:
     return {0} | {round(steps * (k + 1) / n) for k in range(n)}
 
 
-def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int) -> dict[str, torch.Tensor]:
+def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int,
+              grounded_expressions: bool = False) -> dict[str, torch.Tensor]:
     """A training batch from train scenes ``step * batch ...``; pixel_values: (batch, 3, H, W)."""
     rng = np.random.default_rng([seed, step])
     scenes = [make_scene("train", step * batch + i, seed) for i in range(batch)]
-    samples = [encode(conversation(s, rng), processor.tokenizer, n_image_tokens) for s in scenes]
+    samples = [encode(conversation(s, rng, grounded_expressions), processor.tokenizer, n_image_tokens) for s in scenes]
     out = collate(samples, processor.tokenizer.pad_token_id)
     out["pixel_values"] = processor.image_processor(images=[s.image for s in scenes], return_tensors="pt")["pixel_values"]
     return out
@@ -87,12 +89,14 @@ def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int) 
 
 def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BATCH, lr: float | None = None, seed: int = SEED,
               checkpoints: int = CHECKPOINTS, vision_steps: int | None = None, init: Path | None = None,
-              vision_lr_scale: float = VISION_LR_SCALE, device: str = "cpu") -> Path:
+              vision_lr_scale: float = VISION_LR_SCALE, device: str = "cpu", grounded_expressions: bool = False) -> Path:
     """Train one variant from scratch (vision pretraining, then LLaVA); returns the ``final`` folder.
 
     ``init``: a saved organism to continue from instead (no vision pretraining; a new schedule of
     ``steps`` steps on train scenes after those its earlier stages used). ``device``: where the model
     trains (scenes are always made on the CPU); the shipped models were trained on the CPU.
+    ``grounded_expressions``: training expressions go on with their referent's unsaid attributes
+    (``text.grounded_expression``); the shipped models were trained with bare expressions.
     """
     cfg = VARIANTS[variant]
     steps = LMM_STEPS[variant] if steps is None else steps
@@ -123,7 +127,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     save_at = checkpoint_steps(steps, checkpoints)
     meta = {"variant": variant, "config": asdict(cfg), "steps": steps, "batch": batch, "lr": lr, "seed": seed,
             "vision_steps": vision_steps, "vision_object_patch_accuracy": vision_accuracy, "vision_lr_scale": vision_lr_scale,
-            "first_step": first,
+            "first_step": first, "grounded_expressions": grounded_expressions,
             "init": None if init is None else str(init)}
     val_scenes = [make_scene("val", i, seed) for i in range(EVAL_SCENES)]
     curve: list[dict] = []
@@ -137,7 +141,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, WARMUP) * group["scale"]
         model.train()
-        inputs = lmm_batch(first + step, batch, seed, processor, n_image_tokens)
+        inputs = lmm_batch(first + step, batch, seed, processor, n_image_tokens, grounded_expressions)
         loss = model(**{k: v.to(device) for k, v in inputs.items()}).loss
         optimizer_step(loss, opt, [p for group in groups for p in group["params"]])
         bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -198,7 +202,7 @@ def _job(name: str, args: argparse.Namespace) -> Path:
     if name == "sam":
         return train_sam(args.out, args.sam_steps, args.sam_batch, SAM_LR, args.seed, args.sam_init)
     return train_lmm(name, args.out, args.steps, args.batch, args.lr, args.seed, args.checkpoints, args.vision_steps,
-                     args.init, args.vision_lr_scale, args.device)
+                     args.init, args.vision_lr_scale, args.device, args.grounded_expressions)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2,
                    help="models trained at once, one process each (small, coarse, sam are independent)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    p.add_argument("--grounded-expressions", action="store_true",
+                   help="follow each training referring expression with its referent's colour and size words that it "
+                        "does not say, so that its own tokens must find the referent (docs/organism.md, session 6)")
     p.add_argument("--device", default="cpu", help="where the LMMs train, e.g. cuda (SAM and scene making stay on the CPU)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
