@@ -39,7 +39,7 @@ from flmm_probe.organism.evaluate import (
 )
 from flmm_probe.organism.sam import box_miou
 from flmm_probe.organism.text import IGNORE, conversation, encode, grounded_expression
-from flmm_probe.organism.train import LMM_STEPS, LR, SEED, VISION_LR_SCALE, VISION_STEPS, main
+from flmm_probe.organism.train import GROUNDED_EXPRESSIONS, LMM_STEPS, LR, SEED, VISION_LR_SCALE, VISION_STEPS, main
 from flmm_probe.organism.vision import ATTRIBUTES, object_patch_accuracy, patch_labels
 
 # A fixed held-out set: the first 100 scenes of the test split (seed 0).
@@ -225,18 +225,20 @@ def test_short_training_run_end_to_end(tmp_path):
     assert (tmp_path / "sam" / "model.safetensors").is_file()
 
 
-def test_learning_rate_defaults_per_variant_and_device_option(tmp_path):
-    # --lr left out: each variant trains at its own default (coarse 5e-4, small 1e-3); --lr overrides it.
+def test_recipe_defaults_per_variant_and_device_option(tmp_path):
+    # Options left out: each variant trains with its own lr, seed and expression text (they differ between
+    # the variants, so a wiring that fell back to one value would show); options override them.
     common = ["--steps", "1", "--batch", "2", "--checkpoints", "1", "--vision-steps", "1", "--sam-steps", "0",
               "--jobs", "1", "--device", "cpu"]
     assert main(["--out", str(tmp_path / "default"), "--variants", "coarse", "small", *common]) == 0
-    assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", "--grounded-expressions", *common]) == 0
+    assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", "--seed", "5",
+                 "--no-grounded-expressions", *common]) == 0
     recorded = {(run, v): json.loads((tmp_path / run / v / "final" / "training.json").read_text())
                 for run, v in (("default", "coarse"), ("default", "small"), ("given", "coarse"))}
-    assert {k: r["lr"] for k, r in recorded.items()} == {("default", "coarse"): LR["coarse"], ("default", "small"): LR["small"],
-                                                         ("given", "coarse"): 2e-4}
-    assert [r["grounded_expressions"] for r in recorded.values()] == [False, False, True]
-    assert LR["coarse"] != LR["small"]
+    recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"]) for k, r in recorded.items()}
+    assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v]) for v in ("coarse", "small")} | \
+        {("given", "coarse"): (2e-4, 5, False)}
+    assert all(len({d[v] for v in VARIANTS}) == 2 for d in (LR, SEED, GROUNDED_EXPRESSIONS))
 
 
 def test_frozen_vision_tower_stays_unchanged(tmp_path, caplog):
@@ -269,11 +271,13 @@ def test_shipped_models_load_offline_with_auto_classes(variant):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_shipped_models_were_trained_with_the_defaults(variant):
     # train.py says the shipped models come from its defaults, from scratch: `flmm-probe organism train`
-    # with no options reproduces their recipe (bit for bit only at the same thread count: the shipped
-    # `coarse` was trained with two threads, docs/organism.md).
+    # with no options reproduces their recipe (both were trained with one thread per process, as it runs).
+    # `small` predates the grounded-expressions option, so its training.json does not name it.
     meta = json.loads((WEIGHTS_DIR / variant / "training.json").read_text())
-    assert (meta["steps"], meta["lr"], meta["vision_steps"], meta["vision_lr_scale"], meta["seed"], meta["init"]) == \
-        (LMM_STEPS[variant], LR[variant], VISION_STEPS[variant], VISION_LR_SCALE, SEED, None)
+    assert (meta["steps"], meta["lr"], meta["vision_steps"], meta["vision_lr_scale"], meta["seed"], meta["init"],
+            meta.get("grounded_expressions", False)) == \
+        (LMM_STEPS[variant], LR[variant], VISION_STEPS[variant], VISION_LR_SCALE, SEED[variant], None,
+         GROUNDED_EXPRESSIONS[variant])
 
 
 def test_shipped_size_budget():
