@@ -22,7 +22,11 @@ from flmm_probe.metrics import intersection_union, res_scores
 from .score import ScoredSample, centre_prior, record_maps
 
 METHODS = ("attention", "sam_box", "sam_point", "sam_box_point")
-BASELINES = ("uniform", "centre")  # a whole-image mask; the centre prior thresholded like the heat maps
+# A whole-image mask; the centre prior thresholded like the heat maps; and the grid oracle: each phrase's
+# true mask pooled to the record's grid (the fraction of each cell it covers), decoded like the heads'
+# maps. The oracle is the best any single map on that grid can do with this decoding: a coarse grid
+# caps the method before the heads do.
+BASELINES = ("uniform", "centre", "grid_oracle")
 
 
 def head_heatmap(maps: torch.Tensor, heads: Sequence[tuple[int, int]], image_size: tuple[int, int]) -> torch.Tensor:
@@ -36,6 +40,12 @@ def head_heatmap(maps: torch.Tensor, heads: Sequence[tuple[int, int]], image_siz
     heat = F.interpolate(mean, size=image_size, mode="bilinear", align_corners=False)[:, 0]
     low, high = heat.amin((-2, -1), keepdim=True), heat.amax((-2, -1), keepdim=True)
     return (heat - low) / (high - low).clamp_min(1e-12)
+
+
+def grid_oracle(masks: Sequence[np.ndarray], grid: tuple[int, int]) -> torch.Tensor:
+    """(phrase, 1, 1, y, x): the fraction of each grid cell that each (H, W) bool mask covers."""
+    truth = torch.from_numpy(np.stack(masks)).float()[:, None]
+    return F.adaptive_avg_pool2d(truth, grid)[:, None]
 
 
 def _box(mask: np.ndarray) -> np.ndarray:
@@ -97,7 +107,9 @@ def evaluate_training_free(
         heat = head_heatmap(maps, heads, size)
         n = len(sample.masks)
         centre = centre_prior(size, sigma=0.25)
-        baselines = {"uniform": np.ones((n, *size), bool), "centre": np.repeat((centre >= threshold).numpy()[None], n, axis=0)}
+        oracle = head_heatmap(grid_oracle(sample.masks, maps.shape[-2:]), [(0, 0)], size)
+        baselines = {"uniform": np.ones((n, *size), bool), "centre": np.repeat((centre >= threshold).numpy()[None], n, axis=0),
+                     "grid_oracle": (oracle >= threshold).numpy()}
         predicted = {**training_free_masks(image, heat, threshold, predictor), **baselines}
         for method, masks in predicted.items():
             for phrase, (pred, truth) in enumerate(zip(masks, sample.masks)):

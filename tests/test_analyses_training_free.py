@@ -5,7 +5,7 @@ import torch
 from segment_anything import SamPredictor
 
 from analyses.score import ScoredSample
-from analyses.training_free import evaluate_training_free, head_heatmap
+from analyses.training_free import evaluate_training_free, grid_oracle, head_heatmap
 from flmm_probe.record import AttentionRecord
 
 from test_refiner import tiny_sam
@@ -37,5 +37,22 @@ def test_grounding_head_beats_a_noise_head_and_sam_runs():
     assert good.loc["attention", "cIoU"] > 0.6 > noise.loc["attention", "cIoU"]
     assert good.loc["attention", "cIoU"] > 2 * max(good.loc["uniform", "cIoU"], good.loc["centre", "cIoU"])
     per_phrase, summary = evaluate_training_free(samples[:1], [(1, 2)], predictor=SamPredictor(tiny_sam()))
-    assert list(summary["method"]) == ["attention", "sam_box", "sam_point", "sam_box_point", "uniform", "centre"]
+    assert list(summary["method"]) == ["attention", "sam_box", "sam_point", "sam_box_point", "uniform", "centre", "grid_oracle"]
     assert per_phrase["iou"].between(0, 1).all()
+
+
+def test_grid_oracle_is_the_masks_cover_of_each_cell():
+    mask = np.zeros((64, 64), bool)
+    mask[8:24, 12:16] = True  # rows fill two 8-pixel cells; columns half of cell 1
+    oracle = grid_oracle([mask], (8, 8))
+    assert oracle.shape == (1, 1, 1, 8, 8)
+    expected = torch.zeros(8, 8)
+    expected[1:3, 1] = 0.5
+    assert torch.equal(oracle[0, 0, 0], expected)
+
+
+def test_grid_oracle_is_near_perfect_on_cell_aligned_objects():
+    # objects that fill whole 8-pixel cells are what the grid can say exactly
+    samples = [sample_with_grounding_head(seed) for seed in range(4)]
+    _, summary = evaluate_training_free(samples, [(0, 0)])
+    assert summary.set_index("method").loc["grid_oracle", "cIoU"] > 0.9
