@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything import SamPredictor
 
-from flmm_probe.metrics import intersection_union, res_scores
+from flmm_probe.metrics import intersection_union, mask_to_grid, res_scores
 
 from .score import ScoredSample, centre_prior, record_maps
 
@@ -43,9 +43,9 @@ def head_heatmap(maps: torch.Tensor, heads: Sequence[tuple[int, int]], image_siz
 
 
 def grid_oracle(masks: Sequence[np.ndarray], grid: tuple[int, int]) -> torch.Tensor:
-    """(phrase, 1, 1, y, x): the fraction of each grid cell that each (H, W) bool mask covers."""
-    truth = torch.from_numpy(np.stack(masks)).float()[:, None]
-    return F.adaptive_avg_pool2d(truth, grid)[:, None]
+    """(phrase, 1, 1, y, x): the fraction of each grid cell that each (H, W) bool mask covers, shaped as
+    one layer and one head of maps."""
+    return mask_to_grid(np.stack(masks), grid)[:, None, None]
 
 
 def _box(mask: np.ndarray) -> np.ndarray:
