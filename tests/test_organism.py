@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
-from flmm_probe.data.shapes import COLOURS, DESCRIBE, IMAGE_SIZE, LIST_OBJECTS, SHAPES, make_scene
+from flmm_probe.data.shapes import COLOURS, DESCRIBE, IMAGE_SIZE, LIST_OBJECTS, MAX_OBJECTS, SHAPES, make_scene
 from flmm_probe.metrics import mask_to_grid
 from flmm_probe.organism import (
     WEIGHTS_DIR,
@@ -38,9 +38,10 @@ from flmm_probe.organism.evaluate import (
     teacher_forced_accuracy,
 )
 from flmm_probe.organism.sam import box_miou
-from flmm_probe.organism.text import IGNORE, conversation, encode, grounded_expression
-from flmm_probe.organism.train import GROUNDED_EXPRESSIONS, LMM_STEPS, LR, SEED, VISION_LR_SCALE, VISION_STEPS, main
-from flmm_probe.organism.vision import ATTRIBUTES, object_patch_accuracy, patch_labels
+from flmm_probe.organism.text import IGNORE, conversation, encode, grounded_expression, shuffled_inventory
+from flmm_probe.organism.train import (GROUNDED_EXPRESSIONS, LMM_STEPS, LR, RANK_TARGET, SEED, SHUFFLE_INVENTORY, VISION_LR_SCALE,
+                                       VISION_STEPS, main)
+from flmm_probe.organism.vision import ATTRIBUTES, RANK, object_patch_accuracy, patch_labels
 
 # A fixed held-out set: the first 100 scenes of the test split (seed 0).
 HELD_OUT = [make_scene("test", i) for i in range(100)]
@@ -106,6 +107,19 @@ def test_patch_labels_follow_the_masks():
         assert labels["shape"][y * grid + x] == SHAPES.index(o.shape)
         assert labels["colour"][y * grid + x] == list(COLOURS).index(o.colour)
     assert (labels["shape"] == len(SHAPES)).any(), "background patches get the 'none' class"
+
+
+def test_rank_labels_number_the_objects_left_to_right():
+    grid = IMAGE_SIZE // 8
+    for index in range(10):
+        scene = make_scene("train", index)
+        labels = patch_labels(scene, 8, rank=True)
+        assert set(labels) == set(ATTRIBUTES) | {RANK}
+        assert [o.cx for o in scene.objects] == sorted(o.cx for o in scene.objects)
+        for k, o in enumerate(scene.objects):  # the patch holding the centre tells the object's rank
+            assert labels[RANK][int(o.cy) // 8 * grid + int(o.cx) // 8] == k
+        background = labels["shape"] == len(SHAPES)
+        assert (labels[RANK][background] == MAX_OBJECTS).all() and (labels[RANK][~background] < len(scene.objects)).all()
 
 
 def test_patch_labels_need_half_a_patch_but_no_object_is_invisible():
@@ -180,6 +194,21 @@ def test_grounded_expression_appends_what_it_does_not_say_about_its_referent():
     assert not any(turn[1] in expressions.values() and turn[1] not in expressions for c in bare for turn in c)
 
 
+def test_shuffled_inventory_names_the_same_objects_in_random_orders():
+    scene = make_scene("train", 3)  # four objects, two of them alike
+    items = sorted(scene.inventory.removesuffix(".").split(", "))
+    rng = np.random.default_rng(0)
+    lists = [shuffled_inventory(scene, rng) for _ in range(50)]
+    assert all(t.endswith(".") and sorted(t.removesuffix(".").split(", ")) == items for t in lists)
+    assert len(set(lists)) > 1 and scene.inventory in lists, "random orders, left to right among them"
+    assert shuffled_inventory(scene, np.random.default_rng(7)) == shuffled_inventory(scene, np.random.default_rng(7))
+    # The option changes the inventory turns' answers and nothing else.
+    plain = [conversation(scene, np.random.default_rng(k)) for k in range(200)]
+    shuffled = [conversation(scene, np.random.default_rng(k), shuffle_inventory=True) for k in range(200)]
+    assert any(p[0][0] == LIST_OBJECTS and p != s for p, s in zip(plain, shuffled))
+    assert all(p == s for p, s in zip(plain, shuffled) if p[0][0] != LIST_OBJECTS)
+
+
 def test_expression_pointing_scores_each_expression_on_its_referent(monkeypatch):
     # Head 0 of an oracle model looks at each expression's own referent, head 1 at the whole image: the
     # scores must say 1.0 and the uniform baseline, with no hit on another object, for every kind.
@@ -232,12 +261,14 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
               "--jobs", "1", "--device", "cpu"]
     assert main(["--out", str(tmp_path / "default"), "--variants", "coarse", "small", *common]) == 0
     assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", "--seed", "5",
-                 "--no-grounded-expressions", *common]) == 0
+                 "--no-grounded-expressions", "--rank-target", "--shuffle-inventory", *common]) == 0
     recorded = {(run, v): json.loads((tmp_path / run / v / "final" / "training.json").read_text())
                 for run, v in (("default", "coarse"), ("default", "small"), ("given", "coarse"))}
-    recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"]) for k, r in recorded.items()}
-    assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v]) for v in ("coarse", "small")} | \
-        {("given", "coarse"): (2e-4, 5, False)}
+    recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"], r["rank_target"], r["shuffle_inventory"])
+              for k, r in recorded.items()}
+    assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v], RANK_TARGET[v], SHUFFLE_INVENTORY[v])
+                      for v in ("coarse", "small")} | {("given", "coarse"): (2e-4, 5, False, True, True)}
+    assert "rank" in recorded["given", "coarse"]["vision_object_patch_accuracy"], "the rank head was trained and scored"
     assert all(len({d[v] for v in VARIANTS}) == 2 for d in (LR, SEED, GROUNDED_EXPRESSIONS))
 
 
@@ -272,12 +303,12 @@ def test_shipped_models_load_offline_with_auto_classes(variant):
 def test_shipped_models_were_trained_with_the_defaults(variant):
     # train.py says the shipped models come from its defaults, from scratch: `flmm-probe organism train`
     # with no options reproduces their recipe (both were trained with one thread per process, as it runs).
-    # `small` predates the grounded-expressions option, so its training.json does not name it.
+    # Options newer than a shipped model are missing from its training.json: it was trained without them.
     meta = json.loads((WEIGHTS_DIR / variant / "training.json").read_text())
     assert (meta["steps"], meta["lr"], meta["vision_steps"], meta["vision_lr_scale"], meta["seed"], meta["init"],
-            meta.get("grounded_expressions", False)) == \
+            meta.get("grounded_expressions", False), meta.get("rank_target", False), meta.get("shuffle_inventory", False)) == \
         (LMM_STEPS[variant], LR[variant], VISION_STEPS[variant], VISION_LR_SCALE, SEED[variant], None,
-         GROUNDED_EXPRESSIONS[variant])
+         GROUNDED_EXPRESSIONS[variant], RANK_TARGET[variant], SHUFFLE_INVENTORY[variant])
 
 
 def test_shipped_size_budget():

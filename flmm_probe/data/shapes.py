@@ -42,6 +42,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (250, 250, 250),
 }
 SIZES = ("small", "large")
+MAX_OBJECTS = 5
 # Half-extent in pixels of each size class (the shape spans about twice this).
 SIZE_RADIUS = {"small": (7.0, 8.5), "large": (11.5, 13.5)}
 FLOORS = ("striped", "checkered", "grassy")
@@ -178,7 +179,7 @@ def _background(rng: np.random.Generator, floor: str | None) -> tuple[np.ndarray
 
 
 def _sample_objects(rng: np.random.Generator, split: str) -> list[tuple[str, str, str]]:
-    n = int(rng.integers(1, 6))
+    n = int(rng.integers(1, MAX_OBJECTS + 1))
     pairs = [(c, s) for c in COLOURS for s in SHAPES]
     allowed = [p for p in pairs if p not in HELD_OUT_PAIRS]
     out: list[tuple[str, str, str]] = []

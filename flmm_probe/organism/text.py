@@ -47,10 +47,22 @@ def grounded_expression(scene: Scene, expression: Expression) -> str:
     return " ".join(words + [w for w in (referent.colour, referent.size) if w not in said])
 
 
-def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: bool = False) -> list[tuple[str, str]]:
+def shuffled_inventory(scene: Scene, rng: np.random.Generator) -> str:
+    """``scene.inventory`` with its objects in a random order: "the cross is red and large, the circle is ...".
+
+    Listed left to right, each object's colour can be read off the next object in that order; in a
+    random order it must be found by the shape word just said, the lookup questions need.
+    """
+    items = scene.inventory.removesuffix(".").split(", ")
+    return ", ".join(items[i] for i in rng.permutation(len(items))) + "."
+
+
+def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: bool = False,
+                 shuffle_inventory: bool = False) -> list[tuple[str, str]]:
     """(instruction, answer) turns of one sampled conversation about ``scene``.
 
     ``grounded_expressions``: an expression turn answers ``grounded_expression(...)``, not the bare text.
+    ``shuffle_inventory``: an inventory turn answers ``shuffled_inventory(...)``.
     """
     turns = []
     if rng.random() < DESCRIBE_FIRST:
@@ -59,7 +71,7 @@ def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: b
             expression = scene.expressions[int(rng.integers(len(scene.expressions)))]
             turns.append((DESCRIBE, grounded_expression(scene, expression) if grounded_expressions else expression.text))
         elif kind == "inventory":
-            turns.append((LIST_OBJECTS, scene.inventory))
+            turns.append((LIST_OBJECTS, shuffled_inventory(scene, rng) if shuffle_inventory else scene.inventory))
         elif kind == "narrative":
             turns.append((DESCRIBE, scene.narrative))
         else:

@@ -50,6 +50,10 @@ LMM_STEPS = {"small": 3800, "coarse": 3000}
 # (`small` 0.947 at 2500; `coarse` still rising, and its steps cost 0.1 s against 0.23 s for `small`).
 VISION_STEPS = {"small": 2500, "coarse": 4000}
 VISION_LR = 2e-3
+# Vision pretraining also teaches each object patch its owner's rank left to right (vision.RANK).
+RANK_TARGET = {"small": False, "coarse": False}
+# Inventories list the objects in a random order (text.shuffled_inventory).
+SHUFFLE_INVENTORY = {"small": False, "coarse": False}
 # The pretrained tower stays frozen in LLaVA training, as LLaVA keeps CLIP frozen (a value > 0 trains it
 # at that fraction of the LMM learning rate). In a 1,500-step pilot, frozen and 0.2 ended equal (caption
 # tokens 0.856 / 0.861, questions 0.586 / 0.593) and frozen steps took 15% less time.
@@ -84,11 +88,12 @@ def checkpoint_steps(steps: int, n: int) -> set[int]:
 
 
 def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int,
-              grounded_expressions: bool = False) -> dict[str, torch.Tensor]:
+              grounded_expressions: bool = False, shuffle_inventory: bool = False) -> dict[str, torch.Tensor]:
     """A training batch from train scenes ``step * batch ...``; pixel_values: (batch, 3, H, W)."""
     rng = np.random.default_rng([seed, step])
     scenes = [make_scene("train", step * batch + i, seed) for i in range(batch)]
-    samples = [encode(conversation(s, rng, grounded_expressions), processor.tokenizer, n_image_tokens) for s in scenes]
+    samples = [encode(conversation(s, rng, grounded_expressions, shuffle_inventory), processor.tokenizer, n_image_tokens)
+               for s in scenes]
     out = collate(samples, processor.tokenizer.pad_token_id)
     out["pixel_values"] = processor.image_processor(images=[s.image for s in scenes], return_tensors="pt")["pixel_values"]
     return out
@@ -96,14 +101,18 @@ def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int,
 
 def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BATCH, lr: float | None = None, seed: int | None = None,
               checkpoints: int = CHECKPOINTS, vision_steps: int | None = None, init: Path | None = None,
-              vision_lr_scale: float = VISION_LR_SCALE, device: str = "cpu", grounded_expressions: bool | None = None) -> Path:
+              vision_lr_scale: float = VISION_LR_SCALE, device: str = "cpu", grounded_expressions: bool | None = None,
+              rank_target: bool | None = None, shuffle_inventory: bool | None = None) -> Path:
     """Train one variant from scratch (vision pretraining, then LLaVA); returns the ``final`` folder.
 
     ``init``: a saved organism to continue from instead (no vision pretraining; a new schedule of
     ``steps`` steps on train scenes after those its earlier stages used). ``device``: where the model
     trains (scenes are always made on the CPU); the shipped models were trained on the CPU.
     ``grounded_expressions``: training expressions go on with their referent's unsaid attributes
-    (``text.grounded_expression``). ``None`` (steps, lr, seed, grounded_expressions): the variant's default.
+    (``text.grounded_expression``). ``rank_target``: vision pretraining also tells each object patch its
+    owner's left-to-right rank (``vision.RANK``). ``shuffle_inventory``: inventories list the objects in a
+    random order (``text.shuffled_inventory``). ``None`` (steps, lr, seed, grounded_expressions,
+    rank_target, shuffle_inventory): the variant's default.
     """
     cfg = VARIANTS[variant]
     steps = LMM_STEPS[variant] if steps is None else steps
@@ -111,6 +120,8 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     seed = SEED[variant] if seed is None else seed
     grounded_expressions = GROUNDED_EXPRESSIONS[variant] if grounded_expressions is None else grounded_expressions
     vision_steps = VISION_STEPS[variant] if vision_steps is None else vision_steps
+    rank_target = RANK_TARGET[variant] if rank_target is None else rank_target
+    shuffle_inventory = SHUFFLE_INVENTORY[variant] if shuffle_inventory is None else shuffle_inventory
     torch.manual_seed(seed)
     processor = build_processor(cfg.patch)
     n_image_tokens = (IMAGE_SIZE // cfg.patch) ** 2
@@ -118,7 +129,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     if init is None:
         model = build_lmm(cfg, processor.tokenizer).to(device)
         vision_accuracy = pretrain_vision(model.model.vision_tower, processor.image_processor, cfg.patch, vision_steps,
-                                          batch, VISION_LR, seed)
+                                          batch, VISION_LR, seed, rank_target)
     else:
         model = LlavaForConditionalGeneration.from_pretrained(init, dtype=torch.float32).to(device)
         earlier = json.loads((init / "training.json").read_text())
@@ -136,7 +147,8 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     save_at = checkpoint_steps(steps, checkpoints)
     meta = {"variant": variant, "config": asdict(cfg), "steps": steps, "batch": batch, "lr": lr, "seed": seed,
             "vision_steps": vision_steps, "vision_object_patch_accuracy": vision_accuracy, "vision_lr_scale": vision_lr_scale,
-            "first_step": first, "grounded_expressions": grounded_expressions,
+            "first_step": first, "grounded_expressions": grounded_expressions, "rank_target": rank_target,
+            "shuffle_inventory": shuffle_inventory,
             "init": None if init is None else str(init)}
     val_scenes = [make_scene("val", i, seed) for i in range(EVAL_SCENES)]
     curve: list[dict] = []
@@ -150,7 +162,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, WARMUP) * group["scale"]
         model.train()
-        inputs = lmm_batch(first + step, batch, seed, processor, n_image_tokens, grounded_expressions)
+        inputs = lmm_batch(first + step, batch, seed, processor, n_image_tokens, grounded_expressions, shuffle_inventory)
         loss = model(**{k: v.to(device) for k, v in inputs.items()}).loss
         optimizer_step(loss, opt, [p for group in groups for p in group["params"]])
         bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -212,7 +224,8 @@ def _job(name: str, args: argparse.Namespace) -> Path:
         return train_sam(args.out, args.sam_steps, args.sam_batch, SAM_LR, SEED["sam"] if args.seed is None else args.seed,
                          args.sam_init)
     return train_lmm(name, args.out, args.steps, args.batch, args.lr, args.seed, args.checkpoints, args.vision_steps,
-                     args.init, args.vision_lr_scale, args.device, args.grounded_expressions)
+                     args.init, args.vision_lr_scale, args.device, args.grounded_expressions, args.rank_target,
+                     args.shuffle_inventory)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="follow each training referring expression with its referent's colour and size words that it "
                         "does not say, so that its own tokens must find the referent (docs/organism.md, session 6; "
                         f"default per variant {GROUNDED_EXPRESSIONS})")
+    p.add_argument("--rank-target", action=argparse.BooleanOptionalAction, default=None,
+                   help="vision pretraining also teaches each object patch its owner's rank left to right, the order "
+                        f"captions follow (docs/organism.md, session 8; default per variant {RANK_TARGET})")
+    p.add_argument("--shuffle-inventory", action=argparse.BooleanOptionalAction, default=None,
+                   help="inventories (the answers to 'Please list the objects.') name the objects in a random order, "
+                        f"so that each object's colour is found by its shape word (default per variant {SHUFFLE_INVENTORY})")
     p.add_argument("--device", default="cpu", help="where the LMMs train, e.g. cuda (SAM and scene making stay on the CPU)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
