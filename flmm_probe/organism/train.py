@@ -50,9 +50,11 @@ LMM_STEPS = {"small": 3800, "coarse": 3000}
 # (`small` 0.947 at 2500; `coarse` still rising, and its steps cost 0.1 s against 0.23 s for `small`).
 VISION_STEPS = {"small": 2500, "coarse": 4000}
 VISION_LR = 2e-3
-# Vision pretraining also teaches each object patch its owner's rank left to right (vision.RANK).
+# Vision pretraining also teaches each object patch its owner's rank left to right (vision.RANK). Off for
+# both: with it, three `small` runs point 0.96-0.98 and name shapes 0.93-0.95, but answer questions at the
+# priors (0.57-0.59), also with inventories in a random order (text.shuffled_inventory, the second option)
+# (docs/organism.md, "Session 8").
 RANK_TARGET = {"small": False, "coarse": False}
-# Inventories list the objects in a random order (text.shuffled_inventory).
 SHUFFLE_INVENTORY = {"small": False, "coarse": False}
 # The pretrained tower stays frozen in LLaVA training, as LLaVA keeps CLIP frozen (a value > 0 trains it
 # at that fraction of the LMM learning rate). In a 1,500-step pilot, frozen and 0.2 ended equal (caption
