@@ -272,6 +272,16 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
     assert all(len({d[v] for v in VARIANTS}) == 2 for d in (LR, SEED, GROUNDED_EXPRESSIONS))
 
 
+def test_continuation_keeps_its_towers_rank_target(tmp_path):
+    common = ["--steps", "1", "--batch", "2", "--checkpoints", "1", "--vision-steps", "1", "--sam-steps", "0", "--jobs", "1"]
+    assert main(["--out", str(tmp_path / "first"), "--variants", "small", "--rank-target", *common]) == 0
+    first = tmp_path / "first" / "small" / "final"
+    assert main(["--out", str(tmp_path / "next"), "--variants", "small", "--init", str(first), *common]) == 0
+    assert json.loads((tmp_path / "next" / "small" / "final" / "training.json").read_text())["rank_target"] is True
+    with pytest.raises(ValueError, match="--init continues"):  # a continuation cannot change its tower's pretraining
+        main(["--out", str(tmp_path / "bad"), "--variants", "small", "--init", str(first), "--no-rank-target", *common])
+
+
 def test_frozen_vision_tower_stays_unchanged(tmp_path, caplog):
     argv = ["--out", str(tmp_path), "--variants", "small", "--steps", "2", "--batch", "2", "--checkpoints", "1",
             "--vision-steps", "2", "--sam-steps", "0", "--vision-lr-scale", "0"]

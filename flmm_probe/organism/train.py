@@ -122,7 +122,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     seed = SEED[variant] if seed is None else seed
     grounded_expressions = GROUNDED_EXPRESSIONS[variant] if grounded_expressions is None else grounded_expressions
     vision_steps = VISION_STEPS[variant] if vision_steps is None else vision_steps
-    rank_target = RANK_TARGET[variant] if rank_target is None else rank_target
+    asked_rank_target, rank_target = rank_target, RANK_TARGET[variant] if rank_target is None else rank_target
     shuffle_inventory = SHUFFLE_INVENTORY[variant] if shuffle_inventory is None else shuffle_inventory
     torch.manual_seed(seed)
     processor = build_processor(cfg.patch)
@@ -137,6 +137,11 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
         earlier = json.loads((init / "training.json").read_text())
         first = earlier.get("first_step", 0) + earlier["step"]
         vision_accuracy, vision_steps = None, 0
+        # The rank target shapes vision pretraining, which a continuation skips: record the tower's own.
+        if asked_rank_target is not None and asked_rank_target != earlier.get("rank_target", False):
+            raise ValueError(f"--init continues {init}, whose tower was pretrained with rank_target="
+                             f"{earlier.get('rank_target', False)}; drop --rank-target/--no-rank-target or train from scratch.")
+        rank_target = earlier.get("rank_target", False)
     tower = list(model.model.vision_tower.parameters())
     rest = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower.")]
     groups = [{"params": rest, "scale": 1.0}]
