@@ -33,6 +33,9 @@ def learned_grid_oracle(train_masks: Sequence[np.ndarray], test_masks: Sequence[
     train_masks, test_masks: (H, W) bool masks, all of one image size. The defaults are the CPU-sized
     decoder of docs/results.md's fits (the paper's lr is 1e-4 for 8 epochs of far more phrases).
     """
+    if len(train_masks) < batch_size or not len(test_masks):
+        raise ValueError(f"learned_grid_oracle needs at least batch_size={batch_size} train masks and one test mask, "
+                         f"got {len(train_masks)} and {len(test_masks)}: pass more scenes.")
     torch.manual_seed(seed)
     size = tuple(train_masks[0].shape)
     x = mask_to_grid(np.stack(train_masks), grid)[:, None]  # (n, 1, y, x)

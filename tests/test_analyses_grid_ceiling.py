@@ -1,5 +1,7 @@
 """The learned grid oracle: the fit's U-Net on perfect (pooled true) maps."""
 
+import pytest
+
 from analyses.grid_ceiling import learned_grid_oracle
 from flmm_probe.data.shapes import make_scene
 
@@ -14,3 +16,9 @@ def test_learned_grid_oracle_recovers_masks_and_a_finer_grid_does_better():
     assert fine["cIoU"] > 0.7 and fine["P@0.5"] > 0.9, fine
     assert coarse["cIoU"] < fine["cIoU"] - 0.05, (coarse, fine)
     assert learned_grid_oracle(train, test, (10, 10), epochs=3) == fine, "a seed makes it reproducible"
+
+
+def test_learned_grid_oracle_needs_a_batch_of_masks():
+    masks = [e.mask for e in make_scene("train", 0).expressions]
+    with pytest.raises(ValueError, match="batch_size=8"):
+        learned_grid_oracle(masks[:2], masks, (10, 10))
