@@ -50,8 +50,8 @@ def grounded_expression(scene: Scene, expression: Expression) -> str:
 def shuffled_inventory(scene: Scene, rng: np.random.Generator) -> str:
     """``scene.inventory`` with its objects in a random order: "the cross is red and large, the circle is ...".
 
-    Listed left to right, each object's colour can be read off the next object in that order; in a
-    random order it must be found by the shape word just said, the lookup questions need.
+    Listed left to right, the k-th object can be found by its place in that order; in a random order it
+    must be found by the shape word just said, the lookup that questions need.
     """
     items = scene.inventory.removesuffix(".").split(", ")
     return ", ".join(items[i] for i in rng.permutation(len(items))) + "."
