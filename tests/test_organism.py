@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -38,9 +39,9 @@ from flmm_probe.organism.evaluate import (
     teacher_forced_accuracy,
 )
 from flmm_probe.organism.sam import box_miou
-from flmm_probe.organism.text import IGNORE, conversation, encode, grounded_expression, shuffled_inventory
-from flmm_probe.organism.train import (GROUNDED_EXPRESSIONS, LMM_STEPS, LR, RANK_TARGET, SEED, SHUFFLE_INVENTORY, VISION_LR_SCALE,
-                                       VISION_STEPS, main)
+from flmm_probe.organism.text import IGNORE, conversation, encode, grounded_expression, shuffled_caption, shuffled_inventory
+from flmm_probe.organism.train import (GROUNDED_EXPRESSIONS, LMM_STEPS, LR, RANK_TARGET, SEED, SHUFFLE_CAPTIONS,
+                                       SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, main)
 from flmm_probe.organism.vision import ATTRIBUTES, RANK, object_patch_accuracy, patch_labels
 
 # A fixed held-out set: the first 100 scenes of the test split (seed 0).
@@ -209,6 +210,32 @@ def test_shuffled_inventory_names_the_same_objects_in_random_orders():
     assert all(p == s for p, s in zip(plain, shuffled) if p[0][0] != LIST_OBJECTS)
 
 
+def _phrases(caption: str) -> list[str]:
+    return sorted(re.split(r", | and ", caption.removesuffix(".")))
+
+
+def test_shuffled_captions_name_the_same_objects_in_random_orders():
+    scene = make_scene("train", 3)  # four objects, two of them alike
+    phrases = sorted(p.text for p in scene.caption_phrases)
+    rng = np.random.default_rng(0)
+    captions = [shuffled_caption(scene, rng) for _ in range(50)]
+    assert all(_phrases(c) == phrases and c.endswith(".") and c.count(" and ") == 1 for c in captions)
+    assert len(set(captions)) > 1 and scene.caption in captions, "random orders, left to right among them"
+    one = next(s for s in HELD_OUT if len(s.objects) == 1)
+    assert shuffled_caption(one, rng) == one.caption
+    # The option changes caption turns only, and with probability 0 it draws nothing: the default texts stay.
+    plain = [conversation(scene, np.random.default_rng(k)) for k in range(300)]
+    assert plain == [conversation(scene, np.random.default_rng(k), shuffle_captions=0.0) for k in range(300)]
+    always = [conversation(scene, np.random.default_rng(k), shuffle_captions=1.0) for k in range(300)]
+    half = [conversation(scene, np.random.default_rng(k), shuffle_captions=0.5) for k in range(300)]
+    captioned = [(p, a) for p, a in zip(plain, always) if p[0][1] == scene.caption]
+    assert captioned and all(a[0][0] == p[0][0] and _phrases(a[0][1]) == phrases for p, a in captioned)
+    assert sum(a[0][1] != scene.caption for _, a in captioned) > len(captioned) / 2
+    assert all(p == a for p, a in zip(plain, always) if p[0][1] != scene.caption)
+    changed = sum(h[0][1] != scene.caption for p, h in zip(plain, half) if p[0][1] == scene.caption)
+    assert 0 < changed < sum(a[0][1] != scene.caption for _, a in captioned)
+
+
 def test_expression_pointing_scores_each_expression_on_its_referent(monkeypatch):
     # Head 0 of an oracle model looks at each expression's own referent, head 1 at the whole image: the
     # scores must say 1.0 and the uniform baseline, with no hit on another object, for every kind.
@@ -261,13 +288,15 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
               "--jobs", "1", "--device", "cpu"]
     assert main(["--out", str(tmp_path / "default"), "--variants", "coarse", "small", *common]) == 0
     assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", "--seed", "5",
-                 "--no-grounded-expressions", "--rank-target", "--shuffle-inventory", *common]) == 0
+                 "--no-grounded-expressions", "--rank-target", "--shuffle-inventory", "--shuffle-captions", "0.5",
+                 *common]) == 0
     recorded = {(run, v): json.loads((tmp_path / run / v / "final" / "training.json").read_text())
                 for run, v in (("default", "coarse"), ("default", "small"), ("given", "coarse"))}
-    recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"], r["rank_target"], r["shuffle_inventory"])
+    recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"], r["rank_target"], r["shuffle_inventory"], r["shuffle_captions"])
               for k, r in recorded.items()}
-    assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v], RANK_TARGET[v], SHUFFLE_INVENTORY[v])
-                      for v in ("coarse", "small")} | {("given", "coarse"): (2e-4, 5, False, True, True)}
+    assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v], RANK_TARGET[v], SHUFFLE_INVENTORY[v],
+                                       SHUFFLE_CAPTIONS[v])
+                      for v in ("coarse", "small")} | {("given", "coarse"): (2e-4, 5, False, True, True, 0.5)}
     assert "rank" in recorded["given", "coarse"]["vision_object_patch_accuracy"], "the rank head was trained and scored"
     assert all(len({d[v] for v in VARIANTS}) == 2 for d in (LR, SEED, GROUNDED_EXPRESSIONS))
 
@@ -316,9 +345,10 @@ def test_shipped_models_were_trained_with_the_defaults(variant):
     # Options newer than a shipped model are missing from its training.json: it was trained without them.
     meta = json.loads((WEIGHTS_DIR / variant / "training.json").read_text())
     assert (meta["steps"], meta["lr"], meta["vision_steps"], meta["vision_lr_scale"], meta["seed"], meta["init"],
-            meta.get("grounded_expressions", False), meta.get("rank_target", False), meta.get("shuffle_inventory", False)) == \
+            meta.get("grounded_expressions", False), meta.get("rank_target", False), meta.get("shuffle_inventory", False),
+            meta.get("shuffle_captions", 0.0)) == \
         (LMM_STEPS[variant], LR[variant], VISION_STEPS[variant], VISION_LR_SCALE, SEED[variant], None,
-         GROUNDED_EXPRESSIONS[variant], RANK_TARGET[variant], SHUFFLE_INVENTORY[variant])
+         GROUNDED_EXPRESSIONS[variant], RANK_TARGET[variant], SHUFFLE_INVENTORY[variant], SHUFFLE_CAPTIONS[variant])
 
 
 def test_shipped_size_budget():

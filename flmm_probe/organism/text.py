@@ -57,12 +57,25 @@ def shuffled_inventory(scene: Scene, rng: np.random.Generator) -> str:
     return ", ".join(items[i] for i in rng.permutation(len(items))) + "."
 
 
+def shuffled_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """``scene.caption`` with its object phrases in a random order: "a small blue cross and a large red circle."
+
+    Listed left to right, a phrase's shape can be read from the next object in that order (by a tower's
+    rank target, for instance); in a random order it must be found by the size and colour words just said,
+    the lookup by word that a question like "what shape is the red object?" needs.
+    """
+    parts = [scene.caption_phrases[i].text for i in rng.permutation(len(scene.caption_phrases))]
+    return (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]) + "."
+
+
 def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: bool = False,
-                 shuffle_inventory: bool = False) -> list[tuple[str, str]]:
+                 shuffle_inventory: bool = False, shuffle_captions: float = 0.0) -> list[tuple[str, str]]:
     """(instruction, answer) turns of one sampled conversation about ``scene``.
 
     ``grounded_expressions``: an expression turn answers ``grounded_expression(...)``, not the bare text.
     ``shuffle_inventory``: an inventory turn answers ``shuffled_inventory(...)``.
+    ``shuffle_captions``: the probability that a caption turn answers ``shuffled_caption(...)`` (0: never,
+    and no random draw is made for it).
     """
     turns = []
     if rng.random() < DESCRIBE_FIRST:
@@ -74,6 +87,8 @@ def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: b
             turns.append((LIST_OBJECTS, shuffled_inventory(scene, rng) if shuffle_inventory else scene.inventory))
         elif kind == "narrative":
             turns.append((DESCRIBE, scene.narrative))
+        elif shuffle_captions > 0 and rng.random() < shuffle_captions:
+            turns.append((DESCRIBE, shuffled_caption(scene, rng)))
         else:
             turns.append((DESCRIBE, scene.caption))
     n_questions = QUESTIONS_AFTER_DESCRIPTION if turns else QUESTIONS_ALONE

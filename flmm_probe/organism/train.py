@@ -56,6 +56,8 @@ VISION_LR = 2e-3
 # (docs/organism.md, "Session 8").
 RANK_TARGET = {"small": False, "coarse": False}
 SHUFFLE_INVENTORY = {"small": False, "coarse": False}
+# The probability that a training caption names its objects in a random order (text.shuffled_caption).
+SHUFFLE_CAPTIONS = {"small": 0.0, "coarse": 0.0}
 # The pretrained tower stays frozen in LLaVA training, as LLaVA keeps CLIP frozen (a value > 0 trains it
 # at that fraction of the LMM learning rate). In a 1,500-step pilot, frozen and 0.2 ended equal (caption
 # tokens 0.856 / 0.861, questions 0.586 / 0.593) and frozen steps took 15% less time.
@@ -90,11 +92,13 @@ def checkpoint_steps(steps: int, n: int) -> set[int]:
 
 
 def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int,
-              grounded_expressions: bool = False, shuffle_inventory: bool = False) -> dict[str, torch.Tensor]:
+              grounded_expressions: bool = False, shuffle_inventory: bool = False,
+              shuffle_captions: float = 0.0) -> dict[str, torch.Tensor]:
     """A training batch from train scenes ``step * batch ...``; pixel_values: (batch, 3, H, W)."""
     rng = np.random.default_rng([seed, step])
     scenes = [make_scene("train", step * batch + i, seed) for i in range(batch)]
-    samples = [encode(conversation(s, rng, grounded_expressions, shuffle_inventory), processor.tokenizer, n_image_tokens)
+    samples = [encode(conversation(s, rng, grounded_expressions, shuffle_inventory, shuffle_captions), processor.tokenizer,
+                      n_image_tokens)
                for s in scenes]
     out = collate(samples, processor.tokenizer.pad_token_id)
     out["pixel_values"] = processor.image_processor(images=[s.image for s in scenes], return_tensors="pt")["pixel_values"]
@@ -104,7 +108,8 @@ def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int,
 def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BATCH, lr: float | None = None, seed: int | None = None,
               checkpoints: int = CHECKPOINTS, vision_steps: int | None = None, init: Path | None = None,
               vision_lr_scale: float = VISION_LR_SCALE, device: str = "cpu", grounded_expressions: bool | None = None,
-              rank_target: bool | None = None, shuffle_inventory: bool | None = None) -> Path:
+              rank_target: bool | None = None, shuffle_inventory: bool | None = None,
+              shuffle_captions: float | None = None) -> Path:
     """Train one variant from scratch (vision pretraining, then LLaVA); returns the ``final`` folder.
 
     ``init``: a saved organism to continue from instead (no vision pretraining; a new schedule of
@@ -113,8 +118,9 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     ``grounded_expressions``: training expressions go on with their referent's unsaid attributes
     (``text.grounded_expression``). ``rank_target``: vision pretraining also tells each object patch its
     owner's left-to-right rank (``vision.RANK``). ``shuffle_inventory``: inventories list the objects in a
-    random order (``text.shuffled_inventory``). ``None`` (steps, lr, seed, grounded_expressions,
-    rank_target, shuffle_inventory): the variant's default.
+    random order (``text.shuffled_inventory``). ``shuffle_captions``: the probability that a caption lists
+    them in a random order (``text.shuffled_caption``). ``None`` (steps, lr, seed, grounded_expressions,
+    rank_target, shuffle_inventory, shuffle_captions): the variant's default.
     """
     cfg = VARIANTS[variant]
     steps = LMM_STEPS[variant] if steps is None else steps
@@ -124,6 +130,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     vision_steps = VISION_STEPS[variant] if vision_steps is None else vision_steps
     asked_rank_target, rank_target = rank_target, RANK_TARGET[variant] if rank_target is None else rank_target
     shuffle_inventory = SHUFFLE_INVENTORY[variant] if shuffle_inventory is None else shuffle_inventory
+    shuffle_captions = SHUFFLE_CAPTIONS[variant] if shuffle_captions is None else shuffle_captions
     torch.manual_seed(seed)
     processor = build_processor(cfg.patch)
     n_image_tokens = (IMAGE_SIZE // cfg.patch) ** 2
@@ -155,7 +162,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     meta = {"variant": variant, "config": asdict(cfg), "steps": steps, "batch": batch, "lr": lr, "seed": seed,
             "vision_steps": vision_steps, "vision_object_patch_accuracy": vision_accuracy, "vision_lr_scale": vision_lr_scale,
             "first_step": first, "grounded_expressions": grounded_expressions, "rank_target": rank_target,
-            "shuffle_inventory": shuffle_inventory,
+            "shuffle_inventory": shuffle_inventory, "shuffle_captions": shuffle_captions,
             "init": None if init is None else str(init)}
     val_scenes = [make_scene("val", i, seed) for i in range(EVAL_SCENES)]
     curve: list[dict] = []
@@ -169,7 +176,8 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, WARMUP) * group["scale"]
         model.train()
-        inputs = lmm_batch(first + step, batch, seed, processor, n_image_tokens, grounded_expressions, shuffle_inventory)
+        inputs = lmm_batch(first + step, batch, seed, processor, n_image_tokens, grounded_expressions, shuffle_inventory,
+                           shuffle_captions)
         loss = model(**{k: v.to(device) for k, v in inputs.items()}).loss
         optimizer_step(loss, opt, [p for group in groups for p in group["params"]])
         bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -232,7 +240,7 @@ def _job(name: str, args: argparse.Namespace) -> Path:
                          args.sam_init)
     return train_lmm(name, args.out, args.steps, args.batch, args.lr, args.seed, args.checkpoints, args.vision_steps,
                      args.init, args.vision_lr_scale, args.device, args.grounded_expressions, args.rank_target,
-                     args.shuffle_inventory)
+                     args.shuffle_inventory, args.shuffle_captions)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shuffle-inventory", action=argparse.BooleanOptionalAction, default=None,
                    help="inventories (the answers to 'Please list the objects.') name the objects in a random order, "
                         f"so that each object's colour is found by its shape word (default per variant {SHUFFLE_INVENTORY})")
+    p.add_argument("--shuffle-captions", type=float, default=None, metavar="P",
+                   help="probability that a training caption names its objects in a random order, so that each shape "
+                        f"is found by the size and colour words before it (default per variant {SHUFFLE_CAPTIONS})")
     p.add_argument("--device", default="cpu", help="where the LMMs train, e.g. cuda (SAM and scene making stay on the CPU)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
