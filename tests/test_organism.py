@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
-from flmm_probe.data.shapes import COLOURS, DESCRIBE, IMAGE_SIZE, LIST_OBJECTS, MAX_OBJECTS, SHAPES, make_scene
+from flmm_probe.data.shapes import (COLOURS, DESCRIBE, IMAGE_SIZE, LIST_OBJECTS, MAX_OBJECTS, NAME_OBJECTS, SHAPES,
+                                    make_scene)
 from flmm_probe.metrics import mask_to_grid
 from flmm_probe.organism import (
     WEIGHTS_DIR,
@@ -80,11 +81,12 @@ def test_offsets_map_words():
     assert [text[a:b] for a, b in enc["offset_mapping"]] == ["two", "green", "crosses", ",", "a", "small", "red", "circle", "."]
 
 
-@pytest.mark.parametrize("opener", ["caption", "inventory"])
+@pytest.mark.parametrize("opener", ["caption", "inventory", "name_objects"])
 def test_training_ids_match_the_processor(opener):
     processor = build_processor(8)
     scene = make_scene("val", 4)
-    first = (DESCRIBE, scene.caption) if opener == "caption" else (LIST_OBJECTS, scene.inventory)
+    first = {"caption": (DESCRIBE, scene.caption), "inventory": (LIST_OBJECTS, scene.inventory),
+             "name_objects": (NAME_OBJECTS, shuffled_caption(scene, np.random.default_rng(0)))}[opener]
     turns = [first, (scene.qa[0].question, scene.qa[0].answer)]
     ids, labels = encode(turns, processor.tokenizer, 100)
     messages = [
@@ -95,6 +97,7 @@ def test_training_ids_match_the_processor(opener):
     ]
     text = processor.apply_chat_template(messages)
     assert processor(images=scene.image, text=text)["input_ids"][0] == ids
+    assert processor.tokenizer.unk_token_id not in ids
     supervised = processor.tokenizer.decode([i for i, lab in zip(ids, labels) if lab != IGNORE])
     assert supervised.split() == (first[1] + " </s> " + scene.qa[0].answer + " </s>").replace(",", " ,").replace(".", " .").split()
 
@@ -229,11 +232,11 @@ def test_shuffled_captions_name_the_same_objects_in_random_orders():
     always = [conversation(scene, np.random.default_rng(k), shuffle_captions=1.0) for k in range(300)]
     half = [conversation(scene, np.random.default_rng(k), shuffle_captions=0.5) for k in range(300)]
     captioned = [(p, a) for p, a in zip(plain, always) if p[0][1] == scene.caption]
-    assert captioned and all(a[0][0] == p[0][0] and _phrases(a[0][1]) == phrases for p, a in captioned)
+    assert captioned and all(a[0][0] == NAME_OBJECTS and _phrases(a[0][1]) == phrases for p, a in captioned)
     assert sum(a[0][1] != scene.caption for _, a in captioned) > len(captioned) / 2
     assert all(p == a for p, a in zip(plain, always) if p[0][1] != scene.caption)
-    changed = sum(h[0][1] != scene.caption for p, h in zip(plain, half) if p[0][1] == scene.caption)
-    assert 0 < changed < sum(a[0][1] != scene.caption for _, a in captioned)
+    shuffled = sum(h[0][0] == NAME_OBJECTS for p, h in zip(plain, half) if p[0][1] == scene.caption)
+    assert 0.3 * len(captioned) < shuffled < 0.7 * len(captioned)
 
 
 def test_expression_pointing_scores_each_expression_on_its_referent(monkeypatch):

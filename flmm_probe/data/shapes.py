@@ -52,6 +52,8 @@ HELD_OUT_PAIRS = frozenset({("red", "triangle"), ("blue", "cross"), ("green", "d
 SPLITS = ("train", "val", "test", "compositional")
 DESCRIBE = "Please give me a description of the image."
 LIST_OBJECTS = "Please list the objects."
+# Answered by the caption's phrases in a random order (the organism's training only; F-LMM records after DESCRIBE).
+NAME_OBJECTS = "what objects can we see?"
 
 _OBJECT_NOISE = 10  # max absolute per-channel noise on object pixels
 _MIN_DX = 4.0  # objects' centres differ by at least this in x, so "left to right" is well defined
@@ -395,7 +397,7 @@ def vocabulary() -> list[str]:
     words |= set("a an the and , . ? in this picture there is are image shows here we can see on of front gray wall floor".split())
     words |= set("left right above below largest smallest leftmost rightmost".split())
     words |= set("what colour shape size how many object yes no".split())
-    words |= set((DESCRIBE + " " + LIST_OBJECTS).replace(".", " . ").split())
+    words |= set(" ".join((DESCRIBE, LIST_OBJECTS, NAME_OBJECTS)).replace(".", " . ").replace("?", " ? ").split())
     return sorted(words)
 
 

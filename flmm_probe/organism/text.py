@@ -1,8 +1,9 @@
 """Training texts for the organism LMM: which turns a scene yields, and their token ids and labels.
 
 A sample is one conversation about one scene: a description turn (caption, narrative or referring
-expression after the F-LMM instruction ``DESCRIBE``, or the inventory after ``LIST_OBJECTS``) followed
-by questions, or questions alone.
+expression after the F-LMM instruction ``DESCRIBE``, the inventory after ``LIST_OBJECTS``, or, as an
+option, the caption's phrases in a random order after ``NAME_OBJECTS``) followed by questions, or
+questions alone.
 Token ids are built turn by turn with the word-level tokenizer, which gives exactly the ids that
 ``processor(text=apply_chat_template(...))`` gives (tests check this); the loss covers answers + "</s>".
 """
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from flmm_probe.data.shapes import DESCRIBE, LIST_OBJECTS, Expression, Scene
+from flmm_probe.data.shapes import DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, Expression, Scene
 
 IGNORE = -100
 RELATIONS = ("left", "right", "above", "below")
@@ -62,7 +63,8 @@ def shuffled_caption(scene: Scene, rng: np.random.Generator) -> str:
 
     Listed left to right, a phrase's shape can be read from the next object in that order (by a tower's
     rank target, for instance); in a random order it must be found by the size and colour words just said,
-    the lookup by word that a question like "what shape is the red object?" needs.
+    the lookup by word that a question like "what shape is the red object?" needs. It answers its own
+    instruction, ``NAME_OBJECTS``, so that ``DESCRIBE`` keeps the left-to-right captions F-LMM records.
     """
     parts = [scene.caption_phrases[i].text for i in rng.permutation(len(scene.caption_phrases))]
     return (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]) + "."
@@ -74,8 +76,8 @@ def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: b
 
     ``grounded_expressions``: an expression turn answers ``grounded_expression(...)``, not the bare text.
     ``shuffle_inventory``: an inventory turn answers ``shuffled_inventory(...)``.
-    ``shuffle_captions``: the probability that a caption turn answers ``shuffled_caption(...)`` (0: never,
-    and no random draw is made for it).
+    ``shuffle_captions``: the probability that a caption turn becomes ``(NAME_OBJECTS, shuffled_caption(...))``
+    (0: never, and no random draw is made for it).
     """
     turns = []
     if rng.random() < DESCRIBE_FIRST:
@@ -88,7 +90,7 @@ def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: b
         elif kind == "narrative":
             turns.append((DESCRIBE, scene.narrative))
         elif shuffle_captions > 0 and rng.random() < shuffle_captions:
-            turns.append((DESCRIBE, shuffled_caption(scene, rng)))
+            turns.append((NAME_OBJECTS, shuffled_caption(scene, rng)))
         else:
             turns.append((DESCRIBE, scene.caption))
     n_questions = QUESTIONS_AFTER_DESCRIPTION if turns else QUESTIONS_ALONE

@@ -56,7 +56,8 @@ VISION_LR = 2e-3
 # (docs/organism.md, "Session 8").
 RANK_TARGET = {"small": False, "coarse": False}
 SHUFFLE_INVENTORY = {"small": False, "coarse": False}
-# The probability that a training caption names its objects in a random order (text.shuffled_caption).
+# The probability that a training caption turn names the objects in a random order instead, answering its
+# own instruction (text.shuffled_caption, shapes.NAME_OBJECTS).
 SHUFFLE_CAPTIONS = {"small": 0.0, "coarse": 0.0}
 # The pretrained tower stays frozen in LLaVA training, as LLaVA keeps CLIP frozen (a value > 0 trains it
 # at that fraction of the LMM learning rate). In a 1,500-step pilot, frozen and 0.2 ended equal (caption
@@ -118,8 +119,8 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     ``grounded_expressions``: training expressions go on with their referent's unsaid attributes
     (``text.grounded_expression``). ``rank_target``: vision pretraining also tells each object patch its
     owner's left-to-right rank (``vision.RANK``). ``shuffle_inventory``: inventories list the objects in a
-    random order (``text.shuffled_inventory``). ``shuffle_captions``: the probability that a caption lists
-    them in a random order (``text.shuffled_caption``). ``None`` (steps, lr, seed, grounded_expressions,
+    random order (``text.shuffled_inventory``). ``shuffle_captions``: the probability that a caption turn
+    lists them in a random order after its own instruction (``text.shuffled_caption``). ``None`` (steps, lr, seed, grounded_expressions,
     rank_target, shuffle_inventory, shuffle_captions): the variant's default.
     """
     cfg = VARIANTS[variant]
@@ -275,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="inventories (the answers to 'Please list the objects.') name the objects in a random order, "
                         f"so that each object's colour is found by its shape word (default per variant {SHUFFLE_INVENTORY})")
     p.add_argument("--shuffle-captions", type=float, default=None, metavar="P",
-                   help="probability that a training caption names its objects in a random order, so that each shape "
-                        f"is found by the size and colour words before it (default per variant {SHUFFLE_CAPTIONS})")
+                   help="probability that a training caption turn becomes 'what objects can we see?' answered by the caption's "
+                        "phrases in a random order, so that each shape is found by the size and colour words before it "
+                        f"(default per variant {SHUFFLE_CAPTIONS})")
     p.add_argument("--device", default="cpu", help="where the LMMs train, e.g. cuda (SAM and scene making stay on the CPU)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
