@@ -40,8 +40,10 @@ from flmm_probe.organism.evaluate import (
     teacher_forced_accuracy,
 )
 from flmm_probe.organism.sam import box_miou
-from flmm_probe.organism.text import IGNORE, conversation, encode, grounded_expression, shuffled_caption, shuffled_inventory
-from flmm_probe.organism.train import (GROUNDED_EXPRESSIONS, LMM_STEPS, LR, RANK_TARGET, SEED, SHUFFLE_CAPTIONS,
+from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, conversation, encode, grounded_expression, shuffled_caption,
+                                      shuffled_inventory)
+from flmm_probe.organism import text
+from flmm_probe.organism.train import (DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LMM_STEPS, LR, RANK_TARGET, SEED, SHUFFLE_CAPTIONS,
                                        SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, main)
 from flmm_probe.organism.vision import ATTRIBUTES, RANK, object_patch_accuracy, patch_labels
 
@@ -239,6 +241,28 @@ def test_shuffled_captions_name_the_same_objects_in_random_orders():
     assert 0.3 * len(captioned) < shuffled < 0.7 * len(captioned)
 
 
+def test_description_mix_option_draws_like_a_patched_default(monkeypatch):
+    # `--descriptions` must give exactly the texts of a run made with text.DESCRIPTIONS replaced (session 9's
+    # runs/s9/mix.py), and change only which description opens a conversation.
+    mix = {"caption": 0.4, "narrative": 0.1, "expression": 0.3, "inventory": 0.2}
+    scenes = [make_scene("train", i) for i in range(40)]
+    given = [conversation(s, np.random.default_rng(i), True, True, 0.5, descriptions=mix) for i, s in enumerate(scenes)]
+    monkeypatch.setattr(text, "DESCRIPTIONS", mix)
+    assert given == [conversation(s, np.random.default_rng(i), True, True, 0.5) for i, s in enumerate(scenes)]
+    monkeypatch.undo()
+    default = [conversation(s, np.random.default_rng(i), True, True, 0.5) for i, s in enumerate(scenes)]
+    assert given != default
+
+
+def test_description_mix_option_refuses_an_incomplete_mix(tmp_path, capsys):
+    for bad in (["caption=1"], ["caption=0.5", "narrative=0.1", "expression=0.2", "inventory=0.1"],
+                ["captions=0.5"], ["caption=half"]):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path), "--sam-steps", "0", "--descriptions", *bad])
+        assert "KIND=P" in capsys.readouterr().err, bad
+    assert not any(tmp_path.iterdir()), "nothing is trained"
+
+
 def test_expression_pointing_scores_each_expression_on_its_referent(monkeypatch):
     # Head 0 of an oracle model looks at each expression's own referent, head 1 at the whole image: the
     # scores must say 1.0 and the uniform baseline, with no hit on another object, for every kind.
@@ -292,14 +316,15 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
     assert main(["--out", str(tmp_path / "default"), "--variants", "coarse", "small", *common]) == 0
     assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", "--seed", "5",
                  "--no-grounded-expressions", "--rank-target", "--shuffle-inventory", "--shuffle-captions", "0.5",
-                 *common]) == 0
+                 "--descriptions", "inventory=0.2", "expression=0.3", "caption=0.4", "narrative=0.1", *common]) == 0
     recorded = {(run, v): json.loads((tmp_path / run / v / "final" / "training.json").read_text())
                 for run, v in (("default", "coarse"), ("default", "small"), ("given", "coarse"))}
-    recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"], r["rank_target"], r["shuffle_inventory"], r["shuffle_captions"])
-              for k, r in recorded.items()}
+    recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"], r["rank_target"], r["shuffle_inventory"], r["shuffle_captions"],
+                  list(r["descriptions"].items())) for k, r in recorded.items()}
+    mix = [("caption", 0.4), ("narrative", 0.1), ("expression", 0.3), ("inventory", 0.2)]  # in DESCRIPTIONS' order
     assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v], RANK_TARGET[v], SHUFFLE_INVENTORY[v],
-                                       SHUFFLE_CAPTIONS[v])
-                      for v in ("coarse", "small")} | {("given", "coarse"): (2e-4, 5, False, True, True, 0.5)}
+                                       SHUFFLE_CAPTIONS[v], list(DESCRIPTION_MIX[v].items()))
+                      for v in ("coarse", "small")} | {("given", "coarse"): (2e-4, 5, False, True, True, 0.5, mix)}
     assert "rank" in recorded["given", "coarse"]["vision_object_patch_accuracy"], "the rank head was trained and scored"
     assert all(len({d[v] for v in VARIANTS}) == 2 for d in (LR, SEED, GROUNDED_EXPRESSIONS))
 
@@ -349,9 +374,10 @@ def test_shipped_models_were_trained_with_the_defaults(variant):
     meta = json.loads((WEIGHTS_DIR / variant / "training.json").read_text())
     assert (meta["steps"], meta["lr"], meta["vision_steps"], meta["vision_lr_scale"], meta["seed"], meta["init"],
             meta.get("grounded_expressions", False), meta.get("rank_target", False), meta.get("shuffle_inventory", False),
-            meta.get("shuffle_captions", 0.0)) == \
+            meta.get("shuffle_captions", 0.0), meta.get("descriptions", DESCRIPTIONS)) == \
         (LMM_STEPS[variant], LR[variant], VISION_STEPS[variant], VISION_LR_SCALE, SEED[variant], None,
-         GROUNDED_EXPRESSIONS[variant], RANK_TARGET[variant], SHUFFLE_INVENTORY[variant], SHUFFLE_CAPTIONS[variant])
+         GROUNDED_EXPRESSIONS[variant], RANK_TARGET[variant], SHUFFLE_INVENTORY[variant], SHUFFLE_CAPTIONS[variant],
+         DESCRIPTION_MIX[variant])
 
 
 def test_shipped_size_budget():

@@ -71,17 +71,20 @@ def shuffled_caption(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: bool = False,
-                 shuffle_inventory: bool = False, shuffle_captions: float = 0.0) -> list[tuple[str, str]]:
+                 shuffle_inventory: bool = False, shuffle_captions: float = 0.0,
+                 descriptions: dict[str, float] | None = None) -> list[tuple[str, str]]:
     """(instruction, answer) turns of one sampled conversation about ``scene``.
 
     ``grounded_expressions``: an expression turn answers ``grounded_expression(...)``, not the bare text.
     ``shuffle_inventory``: an inventory turn answers ``shuffled_inventory(...)``.
     ``shuffle_captions``: the probability that a caption turn becomes ``(NAME_OBJECTS, shuffled_caption(...))``
     (0: never, and no random draw is made for it).
+    ``descriptions``: the probability of each description kind, keys and order as ``DESCRIPTIONS`` (the default).
     """
     turns = []
     if rng.random() < DESCRIBE_FIRST:
-        kind = rng.choice(list(DESCRIPTIONS), p=list(DESCRIPTIONS.values()))
+        mix = DESCRIPTIONS if descriptions is None else descriptions
+        kind = rng.choice(list(mix), p=list(mix.values()))
         if kind == "expression" and scene.expressions:
             expression = scene.expressions[int(rng.integers(len(scene.expressions)))]
             turns.append((DESCRIBE, grounded_expression(scene, expression) if grounded_expressions else expression.text))

@@ -30,7 +30,7 @@ from flmm_probe.data.shapes import IMAGE_SIZE, make_scene
 from flmm_probe.organism.build import VARIANTS, SamConfig, build_lmm, build_processor, build_sam
 from flmm_probe.organism.evaluate import teacher_forced_accuracy
 from flmm_probe.organism.sam import load_sam, sam_loss_on_batch, save_sam
-from flmm_probe.organism.text import collate, conversation, encode
+from flmm_probe.organism.text import DESCRIPTIONS, collate, conversation, encode
 from flmm_probe.organism.vision import optimizer_step, pretrain_vision
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ SHUFFLE_INVENTORY = {"small": False, "coarse": False}
 # The probability that a training caption turn names the objects in a random order instead, answering its
 # own instruction (text.shuffled_caption, shapes.NAME_OBJECTS).
 SHUFFLE_CAPTIONS = {"small": 0.0, "coarse": 0.0}
+# The probability of each kind of description turn (text.DESCRIPTIONS: captions lead).
+DESCRIPTION_MIX = {"small": DESCRIPTIONS, "coarse": DESCRIPTIONS}
 # The pretrained tower stays frozen in LLaVA training, as LLaVA keeps CLIP frozen (a value > 0 trains it
 # at that fraction of the LMM learning rate). In a 1,500-step pilot, frozen and 0.2 ended equal (caption
 # tokens 0.856 / 0.861, questions 0.586 / 0.593) and frozen steps took 15% less time.
@@ -94,12 +96,12 @@ def checkpoint_steps(steps: int, n: int) -> set[int]:
 
 def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int,
               grounded_expressions: bool = False, shuffle_inventory: bool = False,
-              shuffle_captions: float = 0.0) -> dict[str, torch.Tensor]:
+              shuffle_captions: float = 0.0, descriptions: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
     """A training batch from train scenes ``step * batch ...``; pixel_values: (batch, 3, H, W)."""
     rng = np.random.default_rng([seed, step])
     scenes = [make_scene("train", step * batch + i, seed) for i in range(batch)]
-    samples = [encode(conversation(s, rng, grounded_expressions, shuffle_inventory, shuffle_captions), processor.tokenizer,
-                      n_image_tokens)
+    samples = [encode(conversation(s, rng, grounded_expressions, shuffle_inventory, shuffle_captions, descriptions),
+                      processor.tokenizer, n_image_tokens)
                for s in scenes]
     out = collate(samples, processor.tokenizer.pad_token_id)
     out["pixel_values"] = processor.image_processor(images=[s.image for s in scenes], return_tensors="pt")["pixel_values"]
@@ -110,7 +112,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
               checkpoints: int = CHECKPOINTS, vision_steps: int | None = None, init: Path | None = None,
               vision_lr_scale: float = VISION_LR_SCALE, device: str = "cpu", grounded_expressions: bool | None = None,
               rank_target: bool | None = None, shuffle_inventory: bool | None = None,
-              shuffle_captions: float | None = None) -> Path:
+              shuffle_captions: float | None = None, descriptions: dict[str, float] | None = None) -> Path:
     """Train one variant from scratch (vision pretraining, then LLaVA); returns the ``final`` folder.
 
     ``init``: a saved organism to continue from instead (no vision pretraining; a new schedule of
@@ -120,8 +122,9 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     (``text.grounded_expression``). ``rank_target``: vision pretraining also tells each object patch its
     owner's left-to-right rank (``vision.RANK``). ``shuffle_inventory``: inventories list the objects in a
     random order (``text.shuffled_inventory``). ``shuffle_captions``: the probability that a caption turn
-    lists them in a random order after its own instruction (``text.shuffled_caption``). ``None`` (steps, lr, seed, grounded_expressions,
-    rank_target, shuffle_inventory, shuffle_captions): the variant's default.
+    lists them in a random order after its own instruction (``text.shuffled_caption``). ``descriptions``: the
+    probability of each description kind (``text.DESCRIPTIONS``'s keys). ``None`` (steps, lr, seed,
+    grounded_expressions, rank_target, shuffle_inventory, shuffle_captions, descriptions): the variant's default.
     """
     cfg = VARIANTS[variant]
     steps = LMM_STEPS[variant] if steps is None else steps
@@ -132,6 +135,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     asked_rank_target, rank_target = rank_target, RANK_TARGET[variant] if rank_target is None else rank_target
     shuffle_inventory = SHUFFLE_INVENTORY[variant] if shuffle_inventory is None else shuffle_inventory
     shuffle_captions = SHUFFLE_CAPTIONS[variant] if shuffle_captions is None else shuffle_captions
+    descriptions = DESCRIPTION_MIX[variant] if descriptions is None else descriptions
     torch.manual_seed(seed)
     processor = build_processor(cfg.patch)
     n_image_tokens = (IMAGE_SIZE // cfg.patch) ** 2
@@ -164,6 +168,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
             "vision_steps": vision_steps, "vision_object_patch_accuracy": vision_accuracy, "vision_lr_scale": vision_lr_scale,
             "first_step": first, "grounded_expressions": grounded_expressions, "rank_target": rank_target,
             "shuffle_inventory": shuffle_inventory, "shuffle_captions": shuffle_captions,
+            "descriptions": descriptions,
             "init": None if init is None else str(init)}
     val_scenes = [make_scene("val", i, seed) for i in range(EVAL_SCENES)]
     curve: list[dict] = []
@@ -178,7 +183,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
             group["lr"] = lr_at(step, steps, lr, WARMUP) * group["scale"]
         model.train()
         inputs = lmm_batch(first + step, batch, seed, processor, n_image_tokens, grounded_expressions, shuffle_inventory,
-                           shuffle_captions)
+                           shuffle_captions, descriptions)
         loss = model(**{k: v.to(device) for k, v in inputs.items()}).loss
         optimizer_step(loss, opt, [p for group in groups for p in group["params"]])
         bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -241,7 +246,28 @@ def _job(name: str, args: argparse.Namespace) -> Path:
                          args.sam_init)
     return train_lmm(name, args.out, args.steps, args.batch, args.lr, args.seed, args.checkpoints, args.vision_steps,
                      args.init, args.vision_lr_scale, args.device, args.grounded_expressions, args.rank_target,
-                     args.shuffle_inventory, args.shuffle_captions)
+                     args.shuffle_inventory, args.shuffle_captions, args.descriptions)
+
+
+def _description_share(item: str) -> tuple[str, float]:
+    """``"expression=0.3"`` -> ("expression", 0.3), for ``--descriptions``."""
+    kind, _, share = item.partition("=")
+    if kind not in DESCRIPTIONS:
+        raise argparse.ArgumentTypeError(f"{item!r}: the kinds are {', '.join(DESCRIPTIONS)}, each as KIND=P")
+    try:
+        return kind, float(share)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{item!r}: P must be a number, e.g. {kind}=0.3") from None
+
+
+def _description_mix(shares: list[tuple[str, float]], parser: argparse.ArgumentParser) -> dict[str, float]:
+    """Every kind once, probabilities summing to 1, in ``DESCRIPTIONS``' order (the draws depend on it)."""
+    given = dict(shares)
+    if len(given) != len(shares) or set(given) != set(DESCRIPTIONS) or any(v < 0 for v in given.values()) \
+            or abs(sum(given.values()) - 1) > 1e-6:
+        parser.error(f"--descriptions: give each of {', '.join(DESCRIPTIONS)} once, as KIND=P with P >= 0 and "
+                     f"the P summing to 1 (got {' '.join(f'{k}={v}' for k, v in shares)})")
+    return {kind: given[kind] for kind in DESCRIPTIONS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,8 +305,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="probability that a training caption turn becomes 'what objects can we see?' answered by the caption's "
                         "phrases in a random order, so that each shape is found by the size and colour words before it "
                         f"(default per variant {SHUFFLE_CAPTIONS})")
+    p.add_argument("--descriptions", type=_description_share, nargs="+", default=None, metavar="KIND=P",
+                   help=f"probability of each kind of description turn, all of {', '.join(DESCRIPTIONS)} "
+                        f"(default per variant {DESCRIPTION_MIX})")
     p.add_argument("--device", default="cpu", help="where the LMMs train, e.g. cuda (SAM and scene making stay on the CPU)")
     args = p.parse_args(argv)
+    if args.descriptions is not None:
+        args.descriptions = _description_mix(args.descriptions, p)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     names = list(args.variants) + (["sam"] if args.sam_steps > 0 else [])
     if args.jobs <= 1 or len(names) <= 1:
