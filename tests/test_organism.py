@@ -254,12 +254,15 @@ def test_description_mix_option_draws_like_a_patched_default(monkeypatch):
     assert given != default
 
 
-def test_description_mix_option_refuses_an_incomplete_mix(tmp_path, capsys):
+def test_recipe_options_refuse_bad_values(tmp_path, capsys):
     for bad in (["caption=1"], ["caption=0.5", "narrative=0.1", "expression=0.2", "inventory=0.1"],
                 ["captions=0.5"], ["caption=half"]):
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path), "--sam-steps", "0", "--descriptions", *bad])
         assert "KIND=P" in capsys.readouterr().err, bad
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--sam-steps", "0", "--shuffle-captions", "1.5"])
+    assert "between 0 and 1" in capsys.readouterr().err
     assert not any(tmp_path.iterdir()), "nothing is trained"
 
 

@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.descriptions is not None:
         args.descriptions = _description_mix(args.descriptions, p)
+    if args.shuffle_captions is not None and not 0 <= args.shuffle_captions <= 1:
+        p.error(f"--shuffle-captions: P is a probability, between 0 and 1 (got {args.shuffle_captions})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     names = list(args.variants) + (["sam"] if args.sam_steps > 0 else [])
     if args.jobs <= 1 or len(names) <= 1:
