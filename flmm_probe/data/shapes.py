@@ -223,7 +223,8 @@ def _article_phrase(o: Obj) -> str:
     return f"{_a(o.size)} {o.words}"
 
 
-def _join(parts: list[str]) -> str:
+def join_phrases(parts: list[str]) -> str:
+    """"a, b and c", as captions list their phrases."""
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 

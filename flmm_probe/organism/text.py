@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from flmm_probe.data.shapes import DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, Expression, Scene
+from flmm_probe.data.shapes import DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, Expression, Scene, join_phrases
 
 IGNORE = -100
 RELATIONS = ("left", "right", "above", "below")
@@ -66,8 +66,7 @@ def shuffled_caption(scene: Scene, rng: np.random.Generator) -> str:
     the lookup by word that a question like "what shape is the red object?" needs. It answers its own
     instruction, ``NAME_OBJECTS``, so that ``DESCRIBE`` keeps the left-to-right captions F-LMM records.
     """
-    parts = [scene.caption_phrases[i].text for i in rng.permutation(len(scene.caption_phrases))]
-    return (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]) + "."
+    return join_phrases([scene.caption_phrases[i].text for i in rng.permutation(len(scene.caption_phrases))]) + "."
 
 
 def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: bool = False,
