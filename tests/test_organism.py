@@ -40,10 +40,10 @@ from flmm_probe.organism.evaluate import (
     teacher_forced_accuracy,
 )
 from flmm_probe.organism.sam import box_miou
-from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, conversation, encode, grounded_expression, shuffled_caption,
+from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, conversation, encode, grounded_expression, object_listing,
                                       shuffled_inventory)
 from flmm_probe.organism import text
-from flmm_probe.organism.train import (DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LMM_STEPS, LR, RANK_TARGET, SEED, SHUFFLE_CAPTIONS,
+from flmm_probe.organism.train import (DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LMM_STEPS, LR, OBJECT_LISTINGS, RANK_TARGET, SEED,
                                        SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, main)
 from flmm_probe.organism.vision import ATTRIBUTES, RANK, object_patch_accuracy, patch_labels
 
@@ -88,7 +88,7 @@ def test_training_ids_match_the_processor(opener):
     processor = build_processor(8)
     scene = make_scene("val", 4)
     first = {"caption": (DESCRIBE, scene.caption), "inventory": (LIST_OBJECTS, scene.inventory),
-             "name_objects": (NAME_OBJECTS, shuffled_caption(scene, np.random.default_rng(0)))}[opener]
+             "name_objects": (NAME_OBJECTS, object_listing(scene, np.random.default_rng(0)))}[opener]
     turns = [first, (scene.qa[0].question, scene.qa[0].answer)]
     ids, labels = encode(turns, processor.tokenizer, 100)
     messages = [
@@ -215,30 +215,30 @@ def test_shuffled_inventory_names_the_same_objects_in_random_orders():
     assert all(p == s for p, s in zip(plain, shuffled) if p[0][0] != LIST_OBJECTS)
 
 
-def _phrases(caption: str) -> list[str]:
-    return sorted(re.split(r", | and ", caption.removesuffix(".")))
+def _listed(listing: str) -> list[str]:
+    return sorted(listing.removesuffix(".").split(", "))
 
 
-def test_shuffled_captions_name_the_same_objects_in_random_orders():
+def test_object_listings_name_every_object_shape_first_in_random_orders():
     scene = make_scene("train", 3)  # four objects, two of them alike
-    phrases = sorted(p.text for p in scene.caption_phrases)
+    objects = sorted(f"{o.shape} {o.colour} {o.size}" for o in scene.objects)
     rng = np.random.default_rng(0)
-    captions = [shuffled_caption(scene, rng) for _ in range(50)]
-    assert all(_phrases(c) == phrases and c.endswith(".") and c.count(" and ") == 1 for c in captions)
-    assert len(set(captions)) > 1 and scene.caption in captions, "random orders, left to right among them"
-    one = next(s for s in HELD_OUT if len(s.objects) == 1)
-    assert shuffled_caption(one, rng) == one.caption
+    listings = [object_listing(scene, rng) for _ in range(50)]
+    assert all(_listed(x) == objects and x.endswith(".") for x in listings)
+    left_to_right = ", ".join(f"{o.shape} {o.colour} {o.size}" for o in scene.objects) + "."
+    assert len(set(listings)) > 1 and left_to_right in listings, "random orders, left to right among them"
+    tokenizer = build_processor(8).tokenizer
+    assert tokenizer.unk_token_id not in tokenizer(listings[0])["input_ids"], "the listing's words are in the vocabulary"
     # The option changes caption turns only, and with probability 0 it draws nothing: the default texts stay.
     plain = [conversation(scene, np.random.default_rng(k)) for k in range(300)]
-    assert plain == [conversation(scene, np.random.default_rng(k), shuffle_captions=0.0) for k in range(300)]
-    always = [conversation(scene, np.random.default_rng(k), shuffle_captions=1.0) for k in range(300)]
-    half = [conversation(scene, np.random.default_rng(k), shuffle_captions=0.5) for k in range(300)]
+    assert plain == [conversation(scene, np.random.default_rng(k), object_listings=0.0) for k in range(300)]
+    always = [conversation(scene, np.random.default_rng(k), object_listings=1.0) for k in range(300)]
+    half = [conversation(scene, np.random.default_rng(k), object_listings=0.5) for k in range(300)]
     captioned = [(p, a) for p, a in zip(plain, always) if p[0][1] == scene.caption]
-    assert captioned and all(a[0][0] == NAME_OBJECTS and _phrases(a[0][1]) == phrases for p, a in captioned)
-    assert sum(a[0][1] != scene.caption for _, a in captioned) > len(captioned) / 2
+    assert captioned and all(a[0][0] == NAME_OBJECTS and _listed(a[0][1]) == objects for p, a in captioned)
     assert all(p == a for p, a in zip(plain, always) if p[0][1] != scene.caption)
-    shuffled = sum(h[0][0] == NAME_OBJECTS for p, h in zip(plain, half) if p[0][1] == scene.caption)
-    assert 0.3 * len(captioned) < shuffled < 0.7 * len(captioned)
+    listed = sum(h[0][0] == NAME_OBJECTS for p, h in zip(plain, half) if p[0][1] == scene.caption)
+    assert 0.3 * len(captioned) < listed < 0.7 * len(captioned)
 
 
 def test_description_mix_option_draws_like_a_patched_default(monkeypatch):
@@ -261,7 +261,7 @@ def test_recipe_options_refuse_bad_values(tmp_path, capsys):
             main(["--out", str(tmp_path), "--sam-steps", "0", "--descriptions", *bad])
         assert "KIND=P" in capsys.readouterr().err, bad
     with pytest.raises(SystemExit):
-        main(["--out", str(tmp_path), "--sam-steps", "0", "--shuffle-captions", "1.5"])
+        main(["--out", str(tmp_path), "--sam-steps", "0", "--object-listings", "1.5"])
     assert "between 0 and 1" in capsys.readouterr().err
     assert not any(tmp_path.iterdir()), "nothing is trained"
 
@@ -318,15 +318,15 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
               "--jobs", "1", "--device", "cpu"]
     assert main(["--out", str(tmp_path / "default"), "--variants", "coarse", "small", *common]) == 0
     assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", "--seed", "5",
-                 "--no-grounded-expressions", "--rank-target", "--shuffle-inventory", "--shuffle-captions", "0.5",
+                 "--no-grounded-expressions", "--rank-target", "--shuffle-inventory", "--object-listings", "0.5",
                  "--descriptions", "inventory=0.2", "expression=0.3", "caption=0.4", "narrative=0.1", *common]) == 0
     recorded = {(run, v): json.loads((tmp_path / run / v / "final" / "training.json").read_text())
                 for run, v in (("default", "coarse"), ("default", "small"), ("given", "coarse"))}
-    recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"], r["rank_target"], r["shuffle_inventory"], r["shuffle_captions"],
+    recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"], r["rank_target"], r["shuffle_inventory"], r["object_listings"],
                   list(r["descriptions"].items())) for k, r in recorded.items()}
     mix = [("caption", 0.4), ("narrative", 0.1), ("expression", 0.3), ("inventory", 0.2)]  # in DESCRIPTIONS' order
     assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v], RANK_TARGET[v], SHUFFLE_INVENTORY[v],
-                                       SHUFFLE_CAPTIONS[v], list(DESCRIPTION_MIX[v].items()))
+                                       OBJECT_LISTINGS[v], list(DESCRIPTION_MIX[v].items()))
                       for v in ("coarse", "small")} | {("given", "coarse"): (2e-4, 5, False, True, True, 0.5, mix)}
     assert "rank" in recorded["given", "coarse"]["vision_object_patch_accuracy"], "the rank head was trained and scored"
     assert all(len({d[v] for v in VARIANTS}) == 2 for d in (LR, SEED, GROUNDED_EXPRESSIONS))
@@ -377,9 +377,9 @@ def test_shipped_models_were_trained_with_the_defaults(variant):
     meta = json.loads((WEIGHTS_DIR / variant / "training.json").read_text())
     assert (meta["steps"], meta["lr"], meta["vision_steps"], meta["vision_lr_scale"], meta["seed"], meta["init"],
             meta.get("grounded_expressions", False), meta.get("rank_target", False), meta.get("shuffle_inventory", False),
-            meta.get("shuffle_captions", 0.0), meta.get("descriptions", DESCRIPTIONS)) == \
+            meta.get("object_listings", 0.0), meta.get("descriptions", DESCRIPTIONS)) == \
         (LMM_STEPS[variant], LR[variant], VISION_STEPS[variant], VISION_LR_SCALE, SEED[variant], None,
-         GROUNDED_EXPRESSIONS[variant], RANK_TARGET[variant], SHUFFLE_INVENTORY[variant], SHUFFLE_CAPTIONS[variant],
+         GROUNDED_EXPRESSIONS[variant], RANK_TARGET[variant], SHUFFLE_INVENTORY[variant], OBJECT_LISTINGS[variant],
          DESCRIPTION_MIX[variant])
 
 

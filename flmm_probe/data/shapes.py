@@ -223,11 +223,6 @@ def _article_phrase(o: Obj) -> str:
     return f"{_a(o.size)} {o.words}"
 
 
-def join_phrases(parts: list[str]) -> str:
-    """"a, b and c", as captions list their phrases."""
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
 def _spans(text_parts: list[str], sep_parts: list[str]) -> tuple[str, list[tuple[int, int]]]:
     """Concatenate sep_parts[0] + text_parts[0] + sep_parts[1] + ...; returns text and part spans."""
     text, spans = "", []

@@ -2,7 +2,7 @@
 
 A sample is one conversation about one scene: a description turn (caption, narrative or referring
 expression after the F-LMM instruction ``DESCRIBE``, the inventory after ``LIST_OBJECTS``, or, as an
-option, the caption's phrases in a random order after ``NAME_OBJECTS``) followed by questions, or
+option, the objects named shape first in a random order after ``NAME_OBJECTS``) followed by questions, or
 questions alone.
 Token ids are built turn by turn with the word-level tokenizer, which gives exactly the ids that
 ``processor(text=apply_chat_template(...))`` gives (tests check this); the loss covers answers + "</s>".
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from flmm_probe.data.shapes import DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, Expression, Scene, join_phrases
+from flmm_probe.data.shapes import DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, Expression, Scene
 
 IGNORE = -100
 RELATIONS = ("left", "right", "above", "below")
@@ -58,25 +58,27 @@ def shuffled_inventory(scene: Scene, rng: np.random.Generator) -> str:
     return ", ".join(items[i] for i in rng.permutation(len(items))) + "."
 
 
-def shuffled_caption(scene: Scene, rng: np.random.Generator) -> str:
-    """``scene.caption`` with its object phrases in a random order: "a small blue cross and a large red circle."
+def object_listing(scene: Scene, rng: np.random.Generator) -> str:
+    """The objects in a random order, each named by its shape, colour and size words: "cross red large, circle blue small."
 
-    Listed left to right, a phrase's shape can be read from the next object in that order (by a tower's
-    rank target, for instance); in a random order it must be found by the size and colour words just said,
-    the lookup by word that a question like "what shape is the red object?" needs. It answers its own
-    instruction, ``NAME_OBJECTS``, so that ``DESCRIBE`` keeps the left-to-right captions F-LMM records.
+    The answer to ``NAME_OBJECTS``. In the caption a shape word comes after its colour and size words and
+    objects go left to right, so a tower that knows each patch's rank can give the shape without the
+    words; here each object's colour and size must be found by the shape word just said, in any order,
+    the lookup that "what colour is the cross?" needs (docs/organism.md, "Session 9": a pilot with the
+    caption's phrases in a random order instead brought back at most one question direction).
     """
-    return join_phrases([scene.caption_phrases[i].text for i in rng.permutation(len(scene.caption_phrases))]) + "."
+    objects = [scene.objects[i] for i in rng.permutation(len(scene.objects))]
+    return ", ".join(f"{o.shape} {o.colour} {o.size}" for o in objects) + "."
 
 
 def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: bool = False,
-                 shuffle_inventory: bool = False, shuffle_captions: float = 0.0,
+                 shuffle_inventory: bool = False, object_listings: float = 0.0,
                  descriptions: dict[str, float] | None = None) -> list[tuple[str, str]]:
     """(instruction, answer) turns of one sampled conversation about ``scene``.
 
     ``grounded_expressions``: an expression turn answers ``grounded_expression(...)``, not the bare text.
     ``shuffle_inventory``: an inventory turn answers ``shuffled_inventory(...)``.
-    ``shuffle_captions``: the probability that a caption turn becomes ``(NAME_OBJECTS, shuffled_caption(...))``
+    ``object_listings``: the probability that a caption turn becomes ``(NAME_OBJECTS, object_listing(...))``
     (0: never, and no random draw is made for it).
     ``descriptions``: the probability of each description kind, keys and order as ``DESCRIPTIONS`` (the default).
     """
@@ -91,8 +93,8 @@ def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: b
             turns.append((LIST_OBJECTS, shuffled_inventory(scene, rng) if shuffle_inventory else scene.inventory))
         elif kind == "narrative":
             turns.append((DESCRIBE, scene.narrative))
-        elif shuffle_captions > 0 and rng.random() < shuffle_captions:
-            turns.append((NAME_OBJECTS, shuffled_caption(scene, rng)))
+        elif object_listings > 0 and rng.random() < object_listings:
+            turns.append((NAME_OBJECTS, object_listing(scene, rng)))
         else:
             turns.append((DESCRIBE, scene.caption))
     n_questions = QUESTIONS_AFTER_DESCRIPTION if turns else QUESTIONS_ALONE

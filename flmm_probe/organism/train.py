@@ -56,11 +56,10 @@ VISION_LR = 2e-3
 # (docs/organism.md, "Session 8").
 RANK_TARGET = {"small": False, "coarse": False}
 SHUFFLE_INVENTORY = {"small": False, "coarse": False}
-# The probability that a training caption turn names the objects in a random order instead, answering its
-# own instruction (text.shuffled_caption, shapes.NAME_OBJECTS). Off for both: with the rank target it
-# brought back `small`'s shape-of-colour questions in two of four runs, never colour-of-shape, and no run
-# met the question bar (docs/organism.md, "Session 9").
-SHUFFLE_CAPTIONS = {"small": 0.0, "coarse": 0.0}
+# The probability that a training caption turn lists the objects instead, in a random order and each by its
+# shape word first, answering its own instruction (text.object_listing, shapes.NAME_OBJECTS)
+# (docs/organism.md, "Session 9" and "Session 10").
+OBJECT_LISTINGS = {"small": 0.0, "coarse": 0.0}
 # The probability of each kind of description turn (text.DESCRIPTIONS: captions lead).
 DESCRIPTION_MIX = {"small": DESCRIPTIONS, "coarse": DESCRIPTIONS}
 # The pretrained tower stays frozen in LLaVA training, as LLaVA keeps CLIP frozen (a value > 0 trains it
@@ -98,11 +97,11 @@ def checkpoint_steps(steps: int, n: int) -> set[int]:
 
 def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int,
               grounded_expressions: bool = False, shuffle_inventory: bool = False,
-              shuffle_captions: float = 0.0, descriptions: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+              object_listings: float = 0.0, descriptions: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
     """A training batch from train scenes ``step * batch ...``; pixel_values: (batch, 3, H, W)."""
     rng = np.random.default_rng([seed, step])
     scenes = [make_scene("train", step * batch + i, seed) for i in range(batch)]
-    samples = [encode(conversation(s, rng, grounded_expressions, shuffle_inventory, shuffle_captions, descriptions),
+    samples = [encode(conversation(s, rng, grounded_expressions, shuffle_inventory, object_listings, descriptions),
                       processor.tokenizer, n_image_tokens)
                for s in scenes]
     out = collate(samples, processor.tokenizer.pad_token_id)
@@ -114,7 +113,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
               checkpoints: int = CHECKPOINTS, vision_steps: int | None = None, init: Path | None = None,
               vision_lr_scale: float = VISION_LR_SCALE, device: str = "cpu", grounded_expressions: bool | None = None,
               rank_target: bool | None = None, shuffle_inventory: bool | None = None,
-              shuffle_captions: float | None = None, descriptions: dict[str, float] | None = None) -> Path:
+              object_listings: float | None = None, descriptions: dict[str, float] | None = None) -> Path:
     """Train one variant from scratch (vision pretraining, then LLaVA); returns the ``final`` folder.
 
     ``init``: a saved organism to continue from instead (no vision pretraining; a new schedule of
@@ -123,10 +122,10 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     ``grounded_expressions``: training expressions go on with their referent's unsaid attributes
     (``text.grounded_expression``). ``rank_target``: vision pretraining also tells each object patch its
     owner's left-to-right rank (``vision.RANK``). ``shuffle_inventory``: inventories list the objects in a
-    random order (``text.shuffled_inventory``). ``shuffle_captions``: the probability that a caption turn
-    lists them in a random order after its own instruction (``text.shuffled_caption``). ``descriptions``: the
-    probability of each description kind (``text.DESCRIPTIONS``'s keys). ``None`` (steps, lr, seed,
-    grounded_expressions, rank_target, shuffle_inventory, shuffle_captions, descriptions): the variant's default.
+    random order (``text.shuffled_inventory``). ``object_listings``: the probability that a caption turn
+    becomes a listing of the objects, shape first, after its own instruction (``text.object_listing``).
+    ``descriptions``: the probability of each description kind (``text.DESCRIPTIONS``'s keys). ``None`` (steps, lr, seed,
+    grounded_expressions, rank_target, shuffle_inventory, object_listings, descriptions): the variant's default.
     """
     cfg = VARIANTS[variant]
     steps = LMM_STEPS[variant] if steps is None else steps
@@ -136,7 +135,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     vision_steps = VISION_STEPS[variant] if vision_steps is None else vision_steps
     asked_rank_target, rank_target = rank_target, RANK_TARGET[variant] if rank_target is None else rank_target
     shuffle_inventory = SHUFFLE_INVENTORY[variant] if shuffle_inventory is None else shuffle_inventory
-    shuffle_captions = SHUFFLE_CAPTIONS[variant] if shuffle_captions is None else shuffle_captions
+    object_listings = OBJECT_LISTINGS[variant] if object_listings is None else object_listings
     descriptions = DESCRIPTION_MIX[variant] if descriptions is None else descriptions
     torch.manual_seed(seed)
     processor = build_processor(cfg.patch)
@@ -169,7 +168,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     meta = {"variant": variant, "config": asdict(cfg), "steps": steps, "batch": batch, "lr": lr, "seed": seed,
             "vision_steps": vision_steps, "vision_object_patch_accuracy": vision_accuracy, "vision_lr_scale": vision_lr_scale,
             "first_step": first, "grounded_expressions": grounded_expressions, "rank_target": rank_target,
-            "shuffle_inventory": shuffle_inventory, "shuffle_captions": shuffle_captions,
+            "shuffle_inventory": shuffle_inventory, "object_listings": object_listings,
             "descriptions": descriptions,
             "init": None if init is None else str(init)}
     val_scenes = [make_scene("val", i, seed) for i in range(EVAL_SCENES)]
@@ -185,7 +184,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
             group["lr"] = lr_at(step, steps, lr, WARMUP) * group["scale"]
         model.train()
         inputs = lmm_batch(first + step, batch, seed, processor, n_image_tokens, grounded_expressions, shuffle_inventory,
-                           shuffle_captions, descriptions)
+                           object_listings, descriptions)
         loss = model(**{k: v.to(device) for k, v in inputs.items()}).loss
         optimizer_step(loss, opt, [p for group in groups for p in group["params"]])
         bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -248,7 +247,7 @@ def _job(name: str, args: argparse.Namespace) -> Path:
                          args.sam_init)
     return train_lmm(name, args.out, args.steps, args.batch, args.lr, args.seed, args.checkpoints, args.vision_steps,
                      args.init, args.vision_lr_scale, args.device, args.grounded_expressions, args.rank_target,
-                     args.shuffle_inventory, args.shuffle_captions, args.descriptions)
+                     args.shuffle_inventory, args.object_listings, args.descriptions)
 
 
 def _description_share(item: str) -> tuple[str, float]:
@@ -303,10 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shuffle-inventory", action=argparse.BooleanOptionalAction, default=None,
                    help="inventories (the answers to 'Please list the objects.') name the objects in a random order, "
                         f"so that each object's colour is found by its shape word (default per variant {SHUFFLE_INVENTORY})")
-    p.add_argument("--shuffle-captions", type=float, default=None, metavar="P",
-                   help="probability that a training caption turn becomes 'what objects can we see?' answered by the caption's "
-                        "phrases in a random order, so that each shape is found by the size and colour words before it "
-                        f"(default per variant {SHUFFLE_CAPTIONS})")
+    p.add_argument("--object-listings", type=float, default=None, metavar="P",
+                   help="probability that a training caption turn becomes 'what objects can we see?' answered by the objects "
+                        "in a random order, each by its shape, colour and size words ('cross red large, circle blue small.'), "
+                        f"so that each object's colour is found by its shape word (default per variant {OBJECT_LISTINGS})")
     p.add_argument("--descriptions", type=_description_share, nargs="+", default=None, metavar="KIND=P",
                    help=f"probability of each kind of description turn, all of {', '.join(DESCRIPTIONS)} "
                         f"(default per variant {DESCRIPTION_MIX})")
@@ -314,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.descriptions is not None:
         args.descriptions = _description_mix(args.descriptions, p)
-    if args.shuffle_captions is not None and not 0 <= args.shuffle_captions <= 1:
-        p.error(f"--shuffle-captions: P is a probability, between 0 and 1 (got {args.shuffle_captions})")
+    if args.object_listings is not None and not 0 <= args.object_listings <= 1:
+        p.error(f"--object-listings: P is a probability, between 0 and 1 (got {args.object_listings})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     names = list(args.variants) + (["sam"] if args.sam_steps > 0 else [])
     if args.jobs <= 1 or len(names) <= 1:
