@@ -14,6 +14,7 @@ The ratio at another scale follows from the components:
 With --paper-shapes it also times, on one sample, SAM ViT-L's image encoder at 1024 (random weights) and
 one heads step at the paper's shapes (1024 map channels, 24x24 maps, ViT-L's prompt encoder and mask
 decoder, 4096-wide hidden states of 33 layers); the 7B LMM forward is not timed here (see probe_speed.py).
+--paper-shapes-only times just that, on --device (the rest of the benchmark stays on the CPU).
 
 The reference loop records attention with this project's probe (exact SDPA + the phrase rows), which is
 faster than the reference code's eager output_attentions=True: the speedup reported is a lower bound.
@@ -21,6 +22,7 @@ faster than the reference code's eager output_attentions=True: the speedup repor
     python benchmarks/fit_speed.py --samples 3 --sam vit_b --out docs/fit_speed.json      # a few minutes, 2 CPUs
     python benchmarks/fit_speed.py --samples 8 --sam organism --random-lmm                # seconds
     python benchmarks/fit_speed.py --samples 48 --epochs 6 --lr 1e-3 --sam organism      # equal metrics, minutes
+    python benchmarks/fit_speed.py --paper-shapes-only --device cuda --out docs/fit_speed_paper_shapes_h100.json
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ import platform
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -170,37 +174,62 @@ def store_read_seconds(store, dataset, phrases, cache, grounder_config: FitConfi
     return time.perf_counter() - start
 
 
-def paper_shapes(repeats: int = 1) -> dict:
-    """Seconds for one ViT-L image-encoder forward at 1024 and for one heads step at the paper's shapes."""
-    out = {}
-    sam = load_sam("vit_l")
+def paper_shapes(repeats: int = 1, device: str = "cpu", kind: str = "vit_l") -> dict:
+    """Seconds for one image-encoder forward at 1024 (SAM `kind`, ViT-L for the paper) and for one heads step
+    at the paper's shapes, on `device`: the minimum over `repeats` (at least 3 on a GPU, after a warm-up),
+    each timed between CUDA synchronisations."""
+    cuda = torch.device(device).type == "cuda"
+    repeats = max(repeats, 3) if cuda else repeats
+    out: dict = {"device": device, "gpu": torch.cuda.get_device_name(device) if cuda else None, "sam": kind,
+                 "repeats": repeats}
+    if cuda:  # what the GPU's float32 matmuls and convolutions may use (TF32 changes both speed and results)
+        out["float32_matmul_precision"] = torch.get_float32_matmul_precision()
+        out["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+    sam = load_sam(kind).to(device)
     refiner = SamRefiner(sam, use_text=False)
     image = torch.randint(0, 256, (480, 640, 3), dtype=torch.uint8).numpy()
+
+    def timed(step: Callable[[], Any]) -> tuple[float, Any]:
+        _sync(device)
+        start = time.perf_counter()
+        result = step()
+        _sync(device)
+        return time.perf_counter() - start, result
+
+    if cuda:  # the first call pays for CUDA/cuDNN initialisation and kernel selection
+        refiner.embed(image)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        embedding, input_size, _ = refiner.embed(image)
-        times.append(time.perf_counter() - start)
-    out["vit_l_encoder_s"] = min(times)
+        seconds, (embedding, input_size, _) = timed(lambda: refiner.embed(image))
+        times.append(seconds)
+    out["vit_l_encoder_s"], out["vit_l_encoder_s_all"] = min(times), times
     config = FitConfig()
-    grounder = build_grounder(config, 1024, sam, text_dim=4096, text_layers=33).train()
+    # build_grounder builds on the CPU (as fit() does, which then moves it): the shared image encoder is
+    # already on the device, the copied prompt encoder and mask decoder, the U-Net and the text prompt follow.
+    grounder = build_grounder(config, 1024, sam, text_dim=4096, text_layers=33).to(device).train()
     trainable = [p for p in grounder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    item = GroundingInput(torch.rand(1, 1024, 24, 24), (480, 640), [torch.randn(5, 33, 4096)], embedding[0], input_size)
-    target = [torch.zeros(1, 480, 640)]
+    # Inputs on the device already: fit()'s reader hands CPU tensors over (~2.5 MB a phrase), left out here.
+    item = GroundingInput(torch.rand(1, 1024, 24, 24, device=device), (480, 640),
+                          [torch.randn(5, 33, 4096, device=device)], embedding[0], input_size)
+    target = [torch.zeros(1, 480, 640, device=device)]
     target[0][0, 100:300, 200:400] = 1
     times = []
-    for _ in range(repeats + 1):  # the first step builds the optimiser state
-        start = time.perf_counter()
-        train_step(grounder, optimizer, scheduler, trainable, [item], target, config)
-        times.append(time.perf_counter() - start)
-    out["heads_step_s_per_phrase"] = min(times[1:])
+    for _ in range(repeats + 1):  # the first step builds the optimiser state (and warms the GPU's kernels up)
+        seconds, _ = timed(lambda: train_step(grounder, optimizer, scheduler, trainable, [item], target, config))
+        times.append(seconds)
+    out["heads_step_s_per_phrase"], out["heads_step_s_all"] = min(times[1:]), times
     # what the store holds per phrase at this shape (float16): maps + 5 tokens' hidden states
     out["store_bytes_per_phrase"] = 1024 * 24 * 24 * 2 + 5 * 33 * 4096 * 2
     # per one-phrase sample, reads (~2.5 MB) neglected: add the 7B LMM forward's seconds to the numerator
     out["speedup_without_lmm"] = (out["vit_l_encoder_s"] + out["heads_step_s_per_phrase"]) / out["heads_step_s_per_phrase"]
     return out
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -215,10 +244,19 @@ def main(argv: list[str] | None = None) -> dict:
     # One thread by default: on a shared CPU, two OpenMP threads made identical steps vary 2-15 s.
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--paper-shapes", action="store_true", help="also time ViT-L and a heads step at paper shapes")
+    parser.add_argument("--paper-shapes-only", action="store_true",
+                        help="time only ViT-L and a heads step at paper shapes (no LMM, store or reference loop)")
+    parser.add_argument("--device", default="cpu", help="where the paper-shapes timings run (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="paper-shapes timings: the minimum of this many (at least 3 on a GPU)")
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
+    if args.paper_shapes_only:
+        result = {"threads": args.threads, "machine": platform.processor() or platform.machine(),
+                  "torch": torch.__version__, "paper_shapes": paper_shapes(args.repeats, args.device)}
+        return _report(result, args.out)
 
     (model, processor), lmm_name = lmm(args.variant, args.random_lmm)
     backbone = load_backbone(model, processor)
@@ -276,11 +314,15 @@ def main(argv: list[str] | None = None) -> dict:
     store_epoch = sum(store_epochs[after_first]) / len(store_epochs[after_first])
     result["epoch_s_after_first"] = {"reference": ref_epoch, "store": store_epoch, "speedup": ref_epoch / store_epoch}
     if args.paper_shapes:
-        result["paper_shapes"] = paper_shapes()
+        result["paper_shapes"] = paper_shapes(args.repeats, args.device)
+    return _report(result, args.out)
+
+
+def _report(result: dict, out: Path | None) -> dict:
     text = json.dumps(result, indent=2, default=float)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
     print(text)
     return result
 

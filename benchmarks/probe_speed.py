@@ -40,7 +40,11 @@ def build(shape: str, image_tokens: int, device: str, dtype: torch.dtype):
     """(model, input_ids, query_positions, key_positions) for one image block followed by the text."""
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=1000, **SHAPES[shape])
-    model = LlamaModel(config).to(device=device, dtype=dtype).eval()
+    # Built in place, on the device and in the dtype (transformers sets the default dtype while it builds):
+    # building the 7B shape in float32 on the CPU first takes ~26 GB and minutes. As from_pretrained does,
+    # this leaves the RoPE inverse frequencies in float32.
+    with torch.device(device):
+        model = LlamaModel._from_config(config, dtype=dtype).eval()
     length = 1 + image_tokens + TEXT_TOKENS
     ids = torch.randint(0, 1000, (1, length), device=device)
     keys = torch.arange(1, 1 + image_tokens, device=device)[None]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,6 +36,12 @@ PROBE_EAGER = "flmm_probe_eager"
 # id(attention module) -> (probe, layer index). The registered function is global, so it finds the
 # probe that owns a module through this table; modules of other models pass straight through.
 _ACTIVE: dict[int, tuple[AttentionProbe, int]] = {}
+
+
+# Layers whose score rows are computed together (fewer kernel launches): at most QUEUE layers, and no more
+# than QUEUE_BYTES of float32 keys and score rows, so that long sequences hold fewer layers at once.
+QUEUE = 8
+QUEUE_BYTES = 256 * 2**20
 
 
 class ProbeError(RuntimeError):
@@ -132,6 +139,32 @@ def _common_run(positions: torch.Tensor) -> slice | None:
     return slice(start, start + positions.shape[1]) if bool((positions == run).all()) else None
 
 
+@dataclass
+class _Queued:
+    """One layer's recorded query rows (batch, head, query, dim), its keys and the attention arguments."""
+
+    layer: int
+    rows: torch.Tensor
+    key: torch.Tensor
+    attention_mask: torch.Tensor | None
+    module: nn.Module
+    scaling: float | None
+    softcap: float | None
+    is_causal: bool | None
+
+    def float32_bytes(self) -> int:
+        """What this layer adds to a group's computation: its keys and its score rows, in float32."""
+        return 4 * (self.key.numel() + self.rows[..., 0].numel() * self.key.shape[2])
+
+    def joins(self, other: _Queued) -> bool:
+        """Whether `other`, the next layer, can be computed with this one: same mask, arguments and shapes."""
+        return (other.layer == self.layer + 1 and other.attention_mask is self.attention_mask
+                and other.rows.shape == self.rows.shape and other.key.shape == self.key.shape
+                and other.key.device == self.key.device and other.key.dtype == self.key.dtype
+                and (other.scaling, other.softcap, other.is_causal) == (self.scaling, self.softcap, self.is_causal)
+                and getattr(other.module, "is_causal", True) == getattr(self.module, "is_causal", True))
+
+
 class AttentionProbe:
     """Record attention weights from chosen query positions to chosen key positions, every text layer.
 
@@ -169,6 +202,7 @@ class AttentionProbe:
         self.key_norms = torch.zeros(batch, len(self.layers), kv_heads, n_key, device=device)
         self.recorded = torch.zeros(len(self.layers), dtype=torch.bool)
         self._key_slice = _common_run(self.key_positions)
+        self._queue: list[_Queued] = []
         self._saved: dict[int, tuple[Any, str | None]] = {}
 
     def __enter__(self) -> AttentionProbe:
@@ -192,6 +226,10 @@ class AttentionProbe:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        # A pass that stopped early (an exception, or a model that skips its last layers) leaves layers queued.
+        if exc_info[0] is None:
+            self._flush()
+        self._queue.clear()
         for module in self.layers:
             _ACTIVE.pop(id(module), None)
         # Restore every config's own attribute: exact, and silent (no re-validation of the old value).
@@ -211,41 +249,60 @@ class AttentionProbe:
         is_causal: bool | None = None,
         **_: Any,
     ) -> None:
-        """Write softmax(q k^T * scaling + mask)[query rows, key columns] of one layer into `weights`.
+        """Queue one layer's recorded query rows and keys; compute them with the layers queued before.
 
         query: (batch, head, T, dim); key: (batch, kv_head, S, dim); attention_mask: None, or
         (batch or 1, 1 or head, T, S) boolean (True = attend) or additive float.
+        A GPU forward pass at LLaVA's 576 image tokens is bound by kernel launches, not arithmetic: a dozen
+        small operations per layer made the probe 1.7x slower than SDPA on an H100. Queued layers that share
+        a device, a mask and the attention arguments are computed together, a dozen operations per group
+        (docs/benchmarks.md); QUEUE and QUEUE_BYTES bound how many layers' keys are held at once.
         """
         batch, n_heads, q_len, dim = query.shape
-        kv_heads, kv_len = key.shape[1], key.shape[2]
-        if q_len != kv_len:
+        if q_len != key.shape[2]:
             raise ProbeError("AttentionProbe records the prefill pass only: call the model with use_cache=False.")
         if batch != self.weights.shape[0]:
             raise ProbeError(f"The probe was built for batch {self.weights.shape[0]} but the model ran batch {batch}.")
-        scaling = dim**-0.5 if scaling is None else scaling
         # With device_map, layers live on different devices: work on this layer's, store on the probe's.
-        query_positions, key_positions = self.query_positions.to(query.device), self.key_positions.to(query.device)
-        n_query = query_positions.shape[1]
-        rows = query_positions[:, None, :, None]  # (batch, 1, query, 1)
-        q = query.gather(2, rows.expand(batch, n_heads, n_query, dim)).float()
+        rows = self.query_positions.to(query.device)[:, None, :, None].expand(batch, n_heads, -1, dim)
+        entry = _Queued(layer, query.gather(2, rows), key, attention_mask, module, scaling, softcap, is_causal)
+        if self._queue and not self._queue[-1].joins(entry):
+            self._flush()
+        self._queue.append(entry)
+        queued_bytes = sum(e.float32_bytes() for e in self._queue)
+        if len(self._queue) == QUEUE or queued_bytes >= QUEUE_BYTES or layer == len(self.layers) - 1:
+            self._flush()
+
+    @torch.no_grad()
+    def _flush(self) -> None:
+        """Write softmax(q k^T * scaling + mask)[query rows, key columns] of the queued layers into `weights`."""
+        if not self._queue:
+            return
+        queued, self._queue = self._queue, []
+        first, last = queued[0], queued[-1].layer + 1
+        q = torch.stack([e.rows for e in queued], 1).float()  # (batch, layer, head, query, dim)
+        key = torch.stack([e.key for e in queued], 1).float()  # (batch, layer, kv_head, S, dim)
+        batch, n_layers, n_heads, n_query, dim = q.shape
+        kv_heads, kv_len = key.shape[2], key.shape[3]
+        scaling = dim**-0.5 if first.scaling is None else first.scaling
         # GQA without repeating keys: query head h reads kv head h // group (as repeat_kv lays them out).
-        group = n_heads // kv_heads
-        q = q.reshape(batch, kv_heads, group * n_query, dim)
-        scores = torch.matmul(q, key.float().transpose(-1, -2)) * scaling  # (batch, kv_head, group*query, S)
-        scores = scores.reshape(batch, n_heads, n_query, kv_len)
-        if softcap is not None:
-            scores = torch.tanh(scores / softcap) * softcap
-        scores = scores + self._mask_rows(module, attention_mask, is_causal, q_len, batch, query_positions)
-        weights = torch.softmax(scores, dim=-1)  # (batch, head, query, S): denominators over all keys
+        q = q.reshape(batch, n_layers, kv_heads, n_heads // kv_heads * n_query, dim)
+        scores = torch.matmul(q, key.transpose(-1, -2)).mul_(scaling)  # (batch, layer, kv_head, group*query, S)
+        scores = scores.reshape(batch, n_layers, n_heads, n_query, kv_len)
+        if first.softcap is not None:
+            scores = torch.tanh(scores / first.softcap) * first.softcap
+        query_positions = self.query_positions.to(q.device)
+        mask = self._mask_rows(first.module, first.attention_mask, first.is_causal, kv_len, batch, query_positions)
+        weights = torch.softmax(scores.add_(mask[:, None]), dim=-1)  # (batch, layer, head, query, S): all keys
         if self._key_slice is not None:
-            kept, norms = weights[..., self._key_slice], key[:, :, self._key_slice].float().norm(dim=-1)
+            kept, kept_keys = weights[..., self._key_slice], key[..., self._key_slice, :]
         else:
-            columns = key_positions[:, None, None, :].expand(batch, n_heads, n_query, -1)
-            kept = weights.gather(-1, columns)
-            norms = key.gather(2, key_positions[:, None, :, None].expand(batch, kv_heads, -1, dim)).float().norm(dim=-1)
-        self.weights[:, layer] = kept.to(self.weights.device)
-        self.key_norms[:, layer] = norms.to(self.key_norms.device)
-        self.recorded[layer] = True
+            key_positions = self.key_positions.to(q.device)
+            kept = weights.gather(-1, key_positions[:, None, None, None, :].expand(batch, n_layers, n_heads, n_query, -1))
+            kept_keys = key.gather(3, key_positions[:, None, None, :, None].expand(batch, n_layers, kv_heads, -1, dim))
+        self.weights[:, first.layer:last] = kept.to(self.weights.device)
+        self.key_norms[:, first.layer:last] = kept_keys.norm(dim=-1).to(self.key_norms.device)
+        self.recorded[first.layer:last] = True
 
     @staticmethod
     def _mask_rows(

@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from flmm_probe import probe as probe_module
 from flmm_probe.probe import AttentionProbe, ProbeError
 
 from checks import check_probe_against_eager, implementations, parameter_hash
@@ -35,6 +36,21 @@ def test_text_model_matches_eager_without_mask():
     model = tiny_llama()
     ids = torch.randint(0, 50, (1, 16))
     check_probe_against_eager(model, {"input_ids": ids}, torch.tensor([[3, 9, 15]]), torch.arange(16)[None])
+
+
+@pytest.mark.parametrize("queue, queue_bytes", [(1, 2**30), (3, 2**30), (8, 2**30), (8, 1)])
+def test_layers_computed_in_groups_match_eager(monkeypatch, queue, queue_bytes):
+    # The probe computes queued layers together (up to probe.QUEUE layers and probe.QUEUE_BYTES): 10 layers in
+    # groups of 1, 3 (3+3+3+1), 8 (8+2) and, by bytes, 1 land in their own slots, with and without a padding mask.
+    monkeypatch.setattr(probe_module, "QUEUE", queue)
+    monkeypatch.setattr(probe_module, "QUEUE_BYTES", queue_bytes)
+    model = tiny_llama(layers=10)
+    ids = torch.randint(0, 50, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[0, :3] = 0
+    queries, keys = torch.tensor([[5, 15], [9, 15]]), torch.arange(4, 12).expand(2, -1)
+    for inputs in ({"input_ids": ids}, {"input_ids": ids, "attention_mask": mask}):
+        check_probe_against_eager(model, inputs, queries, keys)
 
 
 def test_eager_model_is_wrapped_not_switched():
