@@ -312,8 +312,8 @@ def test_short_training_run_end_to_end(tmp_path):
 
 
 def test_recipe_defaults_per_variant_and_device_option(tmp_path):
-    # Options left out: each variant trains with its own lr, seed and expression text (they differ between
-    # the variants, so a wiring that fell back to one value would show); options override them.
+    # Options left out: each variant trains with its own lr, rank target, inventory and listings (they differ
+    # between the variants, so a wiring that fell back to one value would show); options override them.
     common = ["--steps", "1", "--batch", "2", "--checkpoints", "1", "--vision-steps", "1", "--sam-steps", "0",
               "--jobs", "1", "--device", "cpu"]
     assert main(["--out", str(tmp_path / "default"), "--variants", "coarse", "small", *common]) == 0
@@ -329,7 +329,7 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
                                        OBJECT_LISTINGS[v], list(DESCRIPTION_MIX[v].items()))
                       for v in ("coarse", "small")} | {("given", "coarse"): (2e-4, 5, False, True, True, 0.5, mix)}
     assert "rank" in recorded["given", "coarse"]["vision_object_patch_accuracy"], "the rank head was trained and scored"
-    assert all(len({d[v] for v in VARIANTS}) == 2 for d in (LR, SEED, GROUNDED_EXPRESSIONS))
+    assert all(len({d[v] for v in VARIANTS}) == 2 for d in (LR, RANK_TARGET, SHUFFLE_INVENTORY, OBJECT_LISTINGS))
 
 
 def test_continuation_keeps_its_towers_rank_target(tmp_path):
@@ -395,13 +395,12 @@ def test_unknown_variant_raises():
         organism_path("small", step=123456)
 
 
-# The issue's bars, and the levels the shipped "small" organism reached (docs/organism.md). Its bars are
-# not met yet: their tests are expected failures that turn into passes when a better organism ships;
-# the "reached" guards catch regressions. (QA_REACHED was 0.75 for the session-2 organism, QA 0.82; the
-# session-3 and session-4 ones answer 0.72, each with a different subset of question kinds learned.)
-# The "coarse" variant meets the caption, question and pointing bars (since session 5).
+# The issue's bars, and the levels the shipped "small" organism reached (docs/organism.md). Its caption and
+# question bars are not met yet (test split: caption shape 0.930, questions 0.893): their tests are expected
+# failures that turn into passes when a better organism ships; the "reached" guards catch regressions.
+# Its pointing bar is met since session 10. The "coarse" variant meets all three (since session 5).
 CAPTION_BAR, QA_BAR, POINTING_BAR = 0.95, 0.90, 0.90
-CAPTION_REACHED, QA_REACHED, POINTING_REACHED = 0.90, 0.70, 0.80
+CAPTION_REACHED, QA_REACHED = 0.92, 0.88
 NOT_YET = "issue 3 bar not reached by the shipped organism (see docs/organism.md)"
 
 
@@ -458,9 +457,6 @@ def test_teacher_forced_accuracy_equals_greedy_first_words(small, qa_scores):
     assert teacher_forced_accuracy(*small, HELD_OUT)["qa"] == pytest.approx(qa_scores["all"], abs=0.01)
 
 
-def test_grounding_emerges_in_shipped_small(pointing_score):
-    assert pointing_score.hit.max() >= POINTING_REACHED, (pointing_score.best_head, pointing_score.hit.max())
-    assert pointing_score.hit.max() > 10 * pointing_score.uniform
 
 
 @pytest.mark.xfail(reason=NOT_YET, strict=False)
@@ -473,9 +469,11 @@ def test_shipped_small_meets_qa_bar(qa_scores):
     assert qa_scores["all"] >= QA_BAR, qa_scores
 
 
-@pytest.mark.xfail(reason=NOT_YET, strict=False)
 def test_shipped_small_meets_pointing_bar(pointing_score):
-    assert pointing_score.hit.max() >= POINTING_BAR, (pointing_score.best_head, pointing_score.hit.max())
+    layer, head = pointing_score.best_head
+    assert pointing_score.hit[layer, head] >= POINTING_BAR, (pointing_score.best_head, pointing_score.hit[layer, head])
+    assert pointing_score.wrong_object[layer, head] <= 0.1, "its misses do not land on other objects either"
+    assert pointing_score.hit[layer, head] > 10 * pointing_score.uniform
 
 
 def test_shipped_coarse_meets_caption_bar():
