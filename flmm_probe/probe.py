@@ -38,9 +38,12 @@ PROBE_EAGER = "flmm_probe_eager"
 _ACTIVE: dict[int, tuple[AttentionProbe, int]] = {}
 
 
-# Layers whose score rows are computed together (fewer kernel launches): at most QUEUE layers, and no more
-# than QUEUE_BYTES of float32 keys and score rows, so that long sequences hold fewer layers at once.
+# Layers whose score rows are computed together (fewer kernel launches on a GPU): at most QUEUE layers, and no
+# more than QUEUE_BYTES of float32 keys and score rows, so that long sequences hold fewer layers at once. A CPU
+# has no launches to save, and larger operands cost it time (2,880 image tokens: 1.09x SDPA in groups of 8,
+# 1.05x one layer at a time, docs/benchmarks.md): there the probe computes QUEUE_CPU layers at a time.
 QUEUE = 8
+QUEUE_CPU = 1
 QUEUE_BYTES = 256 * 2**20
 
 
@@ -256,7 +259,7 @@ class AttentionProbe:
         A GPU forward pass at LLaVA's 576 image tokens is bound by kernel launches, not arithmetic: a dozen
         small operations per layer made the probe 1.7x slower than SDPA on an H100. Queued layers that share
         a device, a mask and the attention arguments are computed together, a dozen operations per group
-        (docs/benchmarks.md); QUEUE and QUEUE_BYTES bound how many layers' keys are held at once.
+        (docs/benchmarks.md); QUEUE (QUEUE_CPU) and QUEUE_BYTES bound how many layers' keys are held at once.
         """
         batch, n_heads, q_len, dim = query.shape
         if q_len != key.shape[2]:
@@ -270,7 +273,8 @@ class AttentionProbe:
             self._flush()
         self._queue.append(entry)
         queued_bytes = sum(e.float32_bytes() for e in self._queue)
-        if len(self._queue) == QUEUE or queued_bytes >= QUEUE_BYTES or layer == len(self.layers) - 1:
+        limit = QUEUE_CPU if query.device.type == "cpu" else QUEUE
+        if len(self._queue) == limit or queued_bytes >= QUEUE_BYTES or layer == len(self.layers) - 1:
             self._flush()
 
     @torch.no_grad()

@@ -40,9 +40,11 @@ def test_text_model_matches_eager_without_mask():
 
 @pytest.mark.parametrize("queue, queue_bytes", [(1, 2**30), (3, 2**30), (8, 2**30), (8, 1)])
 def test_layers_computed_in_groups_match_eager(monkeypatch, queue, queue_bytes):
-    # The probe computes queued layers together (up to probe.QUEUE layers and probe.QUEUE_BYTES): 10 layers in
-    # groups of 1, 3 (3+3+3+1), 8 (8+2) and, by bytes, 1 land in their own slots, with and without a padding mask.
+    # The probe computes queued layers together (up to probe.QUEUE layers, QUEUE_CPU on a CPU, and QUEUE_BYTES): 10
+    # layers in groups of 1, 3 (3+3+3+1), 8 (8+2) and, by bytes, 1 land in their own slots, with and without a
+    # padding mask.
     monkeypatch.setattr(probe_module, "QUEUE", queue)
+    monkeypatch.setattr(probe_module, "QUEUE_CPU", queue)
     monkeypatch.setattr(probe_module, "QUEUE_BYTES", queue_bytes)
     model = tiny_llama(layers=10)
     ids = torch.randint(0, 50, (2, 16))
