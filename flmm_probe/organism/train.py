@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 # Each model's seed. `coarse`'s is the best by validation questions of three runs with grounded expressions
 # (seeds 0-2): seed 0 learned one question direction, seeds 1 and 2 both (docs/organism.md, "Session 6").
 # `small`'s is the better of two runs of its session-10 recipe by the organism's bars on validation scenes
-# (seed 1: questions 0.873 against 0.760; docs/organism.md, "Session 10").
+# (seed 1: questions 0.873 against 0.760 for seed 0); seeds 2 and 3, run after it shipped, scored 0.830 and
+# 0.772 (docs/organism.md, "Session 10").
 SEED = {"small": 1, "coarse": 1, "sam": 0}
 # Training expressions followed by their referent's unsaid attributes (text.grounded_expression): it
 # makes `coarse`'s expressions segment (larger RES fit: refined cIoU 32.8 -> 63.9). `small` has it since
