@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
-from flmm_probe.data.shapes import (COLOURS, DESCRIBE, IMAGE_SIZE, LIST_OBJECTS, MAX_OBJECTS, NAME_OBJECTS, SHAPES,
-                                    make_scene)
+from flmm_probe.data.shapes import (COLOURS, DESCRIBE, IMAGE_SIZE, LIST_OBJECTS, MAX_OBJECTS, NAME_OBJECTS, NUMBERS,
+                                    PLURALS, SHAPES, make_scene)
 from flmm_probe.metrics import mask_to_grid
 from flmm_probe.organism import (
     WEIGHTS_DIR,
@@ -43,8 +43,8 @@ from flmm_probe.organism.sam import box_miou
 from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, conversation, encode, grounded_expression, object_listing,
                                       shuffled_inventory)
 from flmm_probe.organism import text
-from flmm_probe.organism.train import (DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LMM_STEPS, LR, OBJECT_LISTINGS, RANK_TARGET, SEED,
-                                       SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, main)
+from flmm_probe.organism.train import (COUNT_QUESTIONS, DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LMM_STEPS, LR, OBJECT_LISTINGS,
+                                       RANK_TARGET, SEED, SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, main)
 from flmm_probe.organism.vision import ATTRIBUTES, RANK, object_patch_accuracy, patch_labels
 
 # A fixed held-out set: the first 100 scenes of the test split (seed 0).
@@ -241,6 +241,24 @@ def test_object_listings_name_every_object_shape_first_in_random_orders():
     assert 0.3 * len(captioned) < listed < 0.7 * len(captioned)
 
 
+def test_count_questions_count_shapes_the_scene_has():
+    scene = make_scene("train", 3)  # four objects, two of them alike
+    counts = {PLURALS[o.shape]: NUMBERS[sum(p.shape == o.shape for p in scene.objects)] for o in scene.objects}
+    plain = [conversation(scene, np.random.default_rng(k)) for k in range(300)]
+    assert plain == [conversation(scene, np.random.default_rng(k), count_questions=0.0) for k in range(300)]
+    always = [conversation(scene, np.random.default_rng(k), count_questions=1.0) for k in range(300)]
+    half = [conversation(scene, np.random.default_rng(k), count_questions=0.5) for k in range(300)]
+    asked = [a[-1] for a in always]
+    assert all(q == f"how many {plural} are there?" and counts[plural] == answer
+               for q, answer in asked for plural in [q.split()[2]]), "a shape the scene has, rightly counted"
+    assert set(counts) == {q.split()[2] for q, _ in asked}, "every shape the scene has is asked about"
+    assert all(p[:-1] == a[:-1] for p, a in zip(plain, always)), "only the last question changes"
+    changed = sum(p[-1] != h[-1] for p, h in zip(plain, half))
+    assert 0.3 * len(plain) < changed < 0.7 * len(plain)
+    tokenizer = build_processor(8).tokenizer
+    assert tokenizer.unk_token_id not in tokenizer(" ".join(asked[0]))["input_ids"]
+
+
 def test_description_mix_option_draws_like_a_patched_default(monkeypatch):
     # `--descriptions` must give exactly the texts of a run made with text.DESCRIPTIONS replaced (session 9's
     # runs/s9/mix.py), and change only which description opens a conversation.
@@ -263,6 +281,9 @@ def test_recipe_options_refuse_bad_values(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--sam-steps", "0", "--object-listings", "1.5"])
     assert "between 0 and 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--sam-steps", "0", "--count-questions", "-0.1"])
+    assert "--count-questions: P is a probability" in capsys.readouterr().err
     assert not any(tmp_path.iterdir()), "nothing is trained"
 
 
@@ -319,15 +340,15 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
     assert main(["--out", str(tmp_path / "default"), "--variants", "coarse", "small", *common]) == 0
     assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", "--seed", "5",
                  "--no-grounded-expressions", "--rank-target", "--shuffle-inventory", "--object-listings", "0.5",
-                 "--descriptions", "inventory=0.2", "expression=0.3", "caption=0.4", "narrative=0.1", *common]) == 0
+                 "--count-questions", "0.3", "--descriptions", "inventory=0.2", "expression=0.3", "caption=0.4", "narrative=0.1", *common]) == 0
     recorded = {(run, v): json.loads((tmp_path / run / v / "final" / "training.json").read_text())
                 for run, v in (("default", "coarse"), ("default", "small"), ("given", "coarse"))}
     recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"], r["rank_target"], r["shuffle_inventory"], r["object_listings"],
-                  list(r["descriptions"].items())) for k, r in recorded.items()}
+                  list(r["descriptions"].items()), r["count_questions"]) for k, r in recorded.items()}
     mix = [("caption", 0.4), ("narrative", 0.1), ("expression", 0.3), ("inventory", 0.2)]  # in DESCRIPTIONS' order
     assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v], RANK_TARGET[v], SHUFFLE_INVENTORY[v],
-                                       OBJECT_LISTINGS[v], list(DESCRIPTION_MIX[v].items()))
-                      for v in ("coarse", "small")} | {("given", "coarse"): (2e-4, 5, False, True, True, 0.5, mix)}
+                                       OBJECT_LISTINGS[v], list(DESCRIPTION_MIX[v].items()), COUNT_QUESTIONS[v])
+                      for v in ("coarse", "small")} | {("given", "coarse"): (2e-4, 5, False, True, True, 0.5, mix, 0.3)}
     assert "rank" in recorded["given", "coarse"]["vision_object_patch_accuracy"], "the rank head was trained and scored"
     assert all(len({d[v] for v in VARIANTS}) == 2 for d in (LR, RANK_TARGET, SHUFFLE_INVENTORY, OBJECT_LISTINGS))
 
@@ -377,10 +398,10 @@ def test_shipped_models_were_trained_with_the_defaults(variant):
     meta = json.loads((WEIGHTS_DIR / variant / "training.json").read_text())
     assert (meta["steps"], meta["lr"], meta["vision_steps"], meta["vision_lr_scale"], meta["seed"], meta["init"],
             meta.get("grounded_expressions", False), meta.get("rank_target", False), meta.get("shuffle_inventory", False),
-            meta.get("object_listings", 0.0), meta.get("descriptions", DESCRIPTIONS)) == \
+            meta.get("object_listings", 0.0), meta.get("descriptions", DESCRIPTIONS), meta.get("count_questions", 0.0)) == \
         (LMM_STEPS[variant], LR[variant], VISION_STEPS[variant], VISION_LR_SCALE, SEED[variant], None,
          GROUNDED_EXPRESSIONS[variant], RANK_TARGET[variant], SHUFFLE_INVENTORY[variant], OBJECT_LISTINGS[variant],
-         DESCRIPTION_MIX[variant])
+         DESCRIPTION_MIX[variant], COUNT_QUESTIONS[variant])
 
 
 def test_shipped_size_budget():

@@ -326,6 +326,11 @@ def _expressions(objects: list[Obj]) -> list[Expression]:
     return out
 
 
+def count_question(objects: list[Obj], shape: str) -> QA:
+    """'how many crosses are there?' answered by the number of ``objects`` of that ``shape``, in words."""
+    return QA(f"how many {PLURALS[shape]} are there?", NUMBERS[sum(o.shape == shape for o in objects)], "count")
+
+
 def _questions(rng: np.random.Generator, objects: list[Obj]) -> list[QA]:
     out: list[QA] = []
     for i, o in enumerate(objects):
@@ -335,9 +340,7 @@ def _questions(rng: np.random.Generator, objects: list[Obj]) -> list[QA]:
             out.append(QA(f"what shape is the {o.colour} object?", o.shape, "shape"))
         if [(p.colour, p.shape) for p in objects].count((o.colour, o.shape)) == 1:
             out.append(QA(f"what size is the {o.colour} {o.shape}?", o.size, "size"))
-    shape = SHAPES[int(rng.integers(len(SHAPES)))]
-    count = sum(p.shape == shape for p in objects)
-    out.append(QA(f"how many {PLURALS[shape]} are there?", NUMBERS[count], "count"))
+    out.append(count_question(objects, SHAPES[int(rng.integers(len(SHAPES)))]))
     if rng.random() < 0.5:
         o = objects[int(rng.integers(len(objects)))]
         colour, shape = o.colour, o.shape

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from flmm_probe.data.shapes import DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, Expression, Scene
+from flmm_probe.data.shapes import DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, Expression, Scene, count_question
 
 IGNORE = -100
 RELATIONS = ("left", "right", "above", "below")
@@ -73,7 +73,7 @@ def object_listing(scene: Scene, rng: np.random.Generator) -> str:
 
 def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: bool = False,
                  shuffle_inventory: bool = False, object_listings: float = 0.0,
-                 descriptions: dict[str, float] | None = None) -> list[tuple[str, str]]:
+                 descriptions: dict[str, float] | None = None, count_questions: float = 0.0) -> list[tuple[str, str]]:
     """(instruction, answer) turns of one sampled conversation about ``scene``.
 
     ``grounded_expressions``: an expression turn answers ``grounded_expression(...)``, not the bare text.
@@ -81,6 +81,9 @@ def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: b
     ``object_listings``: the probability that a caption turn becomes ``(NAME_OBJECTS, object_listing(...))``
     (0: never, and no random draw is made for it).
     ``descriptions``: the probability of each description kind, keys and order as ``DESCRIPTIONS`` (the default).
+    ``count_questions``: the probability that the last question becomes "how many crosses are there?" about a
+    shape the scene has (drawn object by object, so larger counts come more often); a scene's own count
+    question asks about any shape, and more than half of them answer "zero" (0: never, and no draw is made).
     """
     turns = []
     if rng.random() < DESCRIBE_FIRST:
@@ -98,8 +101,10 @@ def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: b
         else:
             turns.append((DESCRIBE, scene.caption))
     n_questions = QUESTIONS_AFTER_DESCRIPTION if turns else QUESTIONS_ALONE
-    order = rng.permutation(len(scene.qa))[:n_questions]
-    return turns + [(scene.qa[i].question, scene.qa[i].answer) for i in order]
+    questions = [scene.qa[i] for i in rng.permutation(len(scene.qa))[:n_questions]]
+    if count_questions > 0 and rng.random() < count_questions:
+        questions[-1] = count_question(scene.objects, scene.objects[int(rng.integers(len(scene.objects)))].shape)
+    return turns + [(q.question, q.answer) for q in questions]
 
 
 def encode(turns: list[tuple[str, str]], tokenizer: PreTrainedTokenizerFast, n_image_tokens: int) -> tuple[list[int], list[int]]:
