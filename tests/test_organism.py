@@ -43,8 +43,9 @@ from flmm_probe.organism.sam import box_miou
 from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, conversation, encode, grounded_expression, object_listing,
                                       shuffled_inventory)
 from flmm_probe.organism import text
-from flmm_probe.organism.train import (COUNT_QUESTIONS, DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LMM_STEPS, LR, OBJECT_LISTINGS,
-                                       RANK_TARGET, SEED, SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, main)
+from flmm_probe.organism.train import (COUNT_QUESTIONS, DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LISTING_LEADS, LMM_STEPS,
+                                       LR, OBJECT_LISTINGS, RANK_TARGET, SEED, SHUFFLE_INVENTORY, VISION_LR_SCALE,
+                                       VISION_STEPS, main)
 from flmm_probe.organism.vision import ATTRIBUTES, RANK, object_patch_accuracy, patch_labels
 
 # A fixed held-out set: the first 100 scenes of the test split (seed 0).
@@ -241,6 +242,20 @@ def test_object_listings_name_every_object_shape_first_in_random_orders():
     assert 0.3 * len(captioned) < listed < 0.7 * len(captioned)
 
 
+def test_listings_may_lead_with_the_colour():
+    scene = make_scene("train", 3)
+    shape_first = sorted(f"{o.shape} {o.colour} {o.size}" for o in scene.objects)
+    colour_first = sorted(f"{o.colour} {o.shape} {o.size}" for o in scene.objects)
+    rng = np.random.default_rng(0)
+    led = [_listed(object_listing(scene, rng, ("shape", "colour"))) for _ in range(200)]
+    assert all(x in (shape_first, colour_first) for x in led)
+    assert 60 < sum(x == colour_first for x in led) < 140, "each listing draws its lead"
+    assert all(_listed(object_listing(scene, rng, ("colour",))) == colour_first for _ in range(20))
+    # One lead draws nothing more: the default listings, and the texts they are in, stay as they were.
+    assert [object_listing(scene, np.random.default_rng(k)) for k in range(50)] == \
+        [object_listing(scene, np.random.default_rng(k), ("shape",)) for k in range(50)]
+
+
 def test_count_questions_count_shapes_the_scene_has():
     scene = make_scene("train", 3)  # four objects, two of them alike
     counts = {PLURALS[o.shape]: NUMBERS[sum(p.shape == o.shape for p in scene.objects)] for o in scene.objects}
@@ -340,15 +355,18 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
     assert main(["--out", str(tmp_path / "default"), "--variants", "coarse", "small", *common]) == 0
     assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", "--seed", "5",
                  "--no-grounded-expressions", "--rank-target", "--shuffle-inventory", "--object-listings", "0.5",
-                 "--count-questions", "0.3", "--descriptions", "inventory=0.2", "expression=0.3", "caption=0.4", "narrative=0.1", *common]) == 0
+                 "--count-questions", "0.3", "--listing-leads", "colour", "shape",
+                 "--descriptions", "inventory=0.2", "expression=0.3", "caption=0.4", "narrative=0.1", *common]) == 0
     recorded = {(run, v): json.loads((tmp_path / run / v / "final" / "training.json").read_text())
                 for run, v in (("default", "coarse"), ("default", "small"), ("given", "coarse"))}
     recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"], r["rank_target"], r["shuffle_inventory"], r["object_listings"],
-                  list(r["descriptions"].items()), r["count_questions"]) for k, r in recorded.items()}
+                  list(r["descriptions"].items()), r["count_questions"], r["listing_leads"])
+              for k, r in recorded.items()}
     mix = [("caption", 0.4), ("narrative", 0.1), ("expression", 0.3), ("inventory", 0.2)]  # in DESCRIPTIONS' order
     assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v], RANK_TARGET[v], SHUFFLE_INVENTORY[v],
-                                       OBJECT_LISTINGS[v], list(DESCRIPTION_MIX[v].items()), COUNT_QUESTIONS[v])
-                      for v in ("coarse", "small")} | {("given", "coarse"): (2e-4, 5, False, True, True, 0.5, mix, 0.3)}
+                                       OBJECT_LISTINGS[v], list(DESCRIPTION_MIX[v].items()), COUNT_QUESTIONS[v],
+                                       list(LISTING_LEADS[v])) for v in ("coarse", "small")} | \
+        {("given", "coarse"): (2e-4, 5, False, True, True, 0.5, mix, 0.3, ["colour", "shape"])}
     assert "rank" in recorded["given", "coarse"]["vision_object_patch_accuracy"], "the rank head was trained and scored"
     assert all(len({d[v] for v in VARIANTS}) == 2 for d in (LR, RANK_TARGET, SHUFFLE_INVENTORY, OBJECT_LISTINGS))
 
@@ -398,10 +416,12 @@ def test_shipped_models_were_trained_with_the_defaults(variant):
     meta = json.loads((WEIGHTS_DIR / variant / "training.json").read_text())
     assert (meta["steps"], meta["lr"], meta["vision_steps"], meta["vision_lr_scale"], meta["seed"], meta["init"],
             meta.get("grounded_expressions", False), meta.get("rank_target", False), meta.get("shuffle_inventory", False),
-            meta.get("object_listings", 0.0), meta.get("descriptions", DESCRIPTIONS), meta.get("count_questions", 0.0)) == \
+            meta.get("object_listings", 0.0), meta.get("descriptions", DESCRIPTIONS), meta.get("count_questions", 0.0),
+            meta.get("listing_leads", ["shape"])) == \
         (LMM_STEPS[variant], LR[variant], VISION_STEPS[variant], VISION_LR_SCALE, SEED[variant], None,
          GROUNDED_EXPRESSIONS[variant], RANK_TARGET[variant], SHUFFLE_INVENTORY[variant], OBJECT_LISTINGS[variant],
-         DESCRIPTION_MIX[variant], COUNT_QUESTIONS[variant])
+         DESCRIPTION_MIX[variant], COUNT_QUESTIONS[variant],
+         list(LISTING_LEADS[variant]))
 
 
 def test_shipped_size_budget():

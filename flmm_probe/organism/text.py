@@ -58,7 +58,12 @@ def shuffled_inventory(scene: Scene, rng: np.random.Generator) -> str:
     return ", ".join(items[i] for i in rng.permutation(len(items))) + "."
 
 
-def object_listing(scene: Scene, rng: np.random.Generator) -> str:
+# The word order of a listing's items by the attribute that leads: the words after the lead must be found
+# by the lead word, in any order of the objects.
+LISTING_ORDERS = {"shape": ("shape", "colour", "size"), "colour": ("colour", "shape", "size")}
+
+
+def object_listing(scene: Scene, rng: np.random.Generator, leads: tuple[str, ...] = ("shape",)) -> str:
     """The objects in a random order, each named by its shape, colour and size words: "cross red large, circle blue small."
 
     The answer to ``NAME_OBJECTS``. In the caption a shape word comes after its colour and size words and
@@ -66,20 +71,24 @@ def object_listing(scene: Scene, rng: np.random.Generator) -> str:
     words; here each object's colour and size must be found by the shape word just said, in any order,
     the lookup that "what colour is the cross?" needs (docs/organism.md, "Session 9": a pilot with the
     caption's phrases in a random order instead brought back at most one question direction).
+    ``leads``: ``LISTING_ORDERS`` keys; with more than one, each listing draws its own ("red cross large, blue
+    circle small." when colour leads: "what shape is the red object?" needs that lookup).
     """
     objects = [scene.objects[i] for i in rng.permutation(len(scene.objects))]
-    return ", ".join(f"{o.shape} {o.colour} {o.size}" for o in objects) + "."
+    order = LISTING_ORDERS[leads[int(rng.integers(len(leads)))] if len(leads) > 1 else leads[0]]
+    return ", ".join(" ".join(getattr(o, attribute) for attribute in order) for o in objects) + "."
 
 
 def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: bool = False,
                  shuffle_inventory: bool = False, object_listings: float = 0.0,
-                 descriptions: dict[str, float] | None = None, count_questions: float = 0.0) -> list[tuple[str, str]]:
+                 descriptions: dict[str, float] | None = None, count_questions: float = 0.0,
+                 listing_leads: tuple[str, ...] = ("shape",)) -> list[tuple[str, str]]:
     """(instruction, answer) turns of one sampled conversation about ``scene``.
 
     ``grounded_expressions``: an expression turn answers ``grounded_expression(...)``, not the bare text.
     ``shuffle_inventory``: an inventory turn answers ``shuffled_inventory(...)``.
     ``object_listings``: the probability that a caption turn becomes ``(NAME_OBJECTS, object_listing(...))``
-    (0: never, and no random draw is made for it).
+    (0: never, and no random draw is made for it); ``listing_leads``: which attribute may lead its items.
     ``descriptions``: the probability of each description kind, keys and order as ``DESCRIPTIONS`` (the default).
     ``count_questions``: the probability that the last question becomes "how many crosses are there?" about a
     shape the scene has (drawn object by object, so larger counts come more often); a scene's own count
@@ -97,7 +106,7 @@ def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: b
         elif kind == "narrative":
             turns.append((DESCRIBE, scene.narrative))
         elif object_listings > 0 and rng.random() < object_listings:
-            turns.append((NAME_OBJECTS, object_listing(scene, rng)))
+            turns.append((NAME_OBJECTS, object_listing(scene, rng, listing_leads)))
         else:
             turns.append((DESCRIBE, scene.caption))
     n_questions = QUESTIONS_AFTER_DESCRIPTION if turns else QUESTIONS_ALONE

@@ -30,7 +30,7 @@ from flmm_probe.data.shapes import IMAGE_SIZE, make_scene
 from flmm_probe.organism.build import VARIANTS, SamConfig, build_lmm, build_processor, build_sam
 from flmm_probe.organism.evaluate import teacher_forced_accuracy
 from flmm_probe.organism.sam import load_sam, sam_loss_on_batch, save_sam
-from flmm_probe.organism.text import DESCRIPTIONS, collate, conversation, encode
+from flmm_probe.organism.text import DESCRIPTIONS, LISTING_ORDERS, collate, conversation, encode
 from flmm_probe.organism.vision import optimizer_step, pretrain_vision
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,10 @@ SHUFFLE_INVENTORY = {"small": True, "coarse": False}
 # shape word first, answering its own instruction (text.object_listing, shapes.NAME_OBJECTS): with the rank
 # target, what brings `small`'s questions back (docs/organism.md, "Session 9" and "Session 10").
 OBJECT_LISTINGS = {"small": 0.5, "coarse": 0.0}
+# Which attribute may lead a listing's items (text.LISTING_ORDERS; each listing draws one): shape first
+# taught every `small` the lookup by shape (colour-of-shape questions 1.00 in all four session-10 seeds),
+# whereas three of those four left the lookup by colour (shape-of-colour questions) at chance.
+LISTING_LEADS = {"small": ("shape",), "coarse": ("shape",)}
 # The probability that a training conversation's last question counts a shape the scene has. Scenes' own
 # count questions name any of the five shapes and answer "zero" more than half of the time, which is where
 # every `small` with the rank target but one left them (0.55, docs/organism.md, "Session 11").
@@ -103,12 +107,12 @@ def checkpoint_steps(steps: int, n: int) -> set[int]:
 def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int,
               grounded_expressions: bool = False, shuffle_inventory: bool = False,
               object_listings: float = 0.0, descriptions: dict[str, float] | None = None,
-              count_questions: float = 0.0) -> dict[str, torch.Tensor]:
+              count_questions: float = 0.0, listing_leads: tuple[str, ...] = ("shape",)) -> dict[str, torch.Tensor]:
     """A training batch from train scenes ``step * batch ...``; pixel_values: (batch, 3, H, W)."""
     rng = np.random.default_rng([seed, step])
     scenes = [make_scene("train", step * batch + i, seed) for i in range(batch)]
     samples = [encode(conversation(s, rng, grounded_expressions, shuffle_inventory, object_listings, descriptions,
-                                   count_questions),
+                                   count_questions, listing_leads),
                       processor.tokenizer, n_image_tokens)
                for s in scenes]
     out = collate(samples, processor.tokenizer.pad_token_id)
@@ -121,7 +125,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
               vision_lr_scale: float = VISION_LR_SCALE, device: str = "cpu", grounded_expressions: bool | None = None,
               rank_target: bool | None = None, shuffle_inventory: bool | None = None,
               object_listings: float | None = None, descriptions: dict[str, float] | None = None,
-              count_questions: float | None = None) -> Path:
+              count_questions: float | None = None, listing_leads: tuple[str, ...] | None = None) -> Path:
     """Train one variant from scratch (vision pretraining, then LLaVA); returns the ``final`` folder.
 
     ``init``: a saved organism to continue from instead (no vision pretraining; a new schedule of
@@ -134,8 +138,9 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     becomes a listing of the objects, shape first, after its own instruction (``text.object_listing``).
     ``descriptions``: the probability of each description kind (``text.DESCRIPTIONS``'s keys).
     ``count_questions``: the probability that a conversation's last question counts a shape the scene has.
+    ``listing_leads``: which attributes may lead a listing's items (``text.LISTING_ORDERS``' keys).
     ``None`` (steps, lr, seed, grounded_expressions, rank_target, shuffle_inventory, object_listings,
-    descriptions, count_questions): the variant's default.
+    descriptions, count_questions, listing_leads): the variant's default.
     """
     cfg = VARIANTS[variant]
     steps = LMM_STEPS[variant] if steps is None else steps
@@ -148,6 +153,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     object_listings = OBJECT_LISTINGS[variant] if object_listings is None else object_listings
     descriptions = DESCRIPTION_MIX[variant] if descriptions is None else descriptions
     count_questions = COUNT_QUESTIONS[variant] if count_questions is None else count_questions
+    listing_leads = LISTING_LEADS[variant] if listing_leads is None else tuple(listing_leads)
     torch.manual_seed(seed)
     processor = build_processor(cfg.patch)
     n_image_tokens = (IMAGE_SIZE // cfg.patch) ** 2
@@ -181,6 +187,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
             "first_step": first, "grounded_expressions": grounded_expressions, "rank_target": rank_target,
             "shuffle_inventory": shuffle_inventory, "object_listings": object_listings,
             "descriptions": descriptions, "count_questions": count_questions,
+            "listing_leads": list(listing_leads),
             "init": None if init is None else str(init)}
     val_scenes = [make_scene("val", i, seed) for i in range(EVAL_SCENES)]
     curve: list[dict] = []
@@ -195,7 +202,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
             group["lr"] = lr_at(step, steps, lr, WARMUP) * group["scale"]
         model.train()
         inputs = lmm_batch(first + step, batch, seed, processor, n_image_tokens, grounded_expressions, shuffle_inventory,
-                           object_listings, descriptions, count_questions)
+                           object_listings, descriptions, count_questions, listing_leads)
         loss = model(**{k: v.to(device) for k, v in inputs.items()}).loss
         optimizer_step(loss, opt, [p for group in groups for p in group["params"]])
         bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -258,7 +265,8 @@ def _job(name: str, args: argparse.Namespace) -> Path:
                          args.sam_init)
     return train_lmm(name, args.out, args.steps, args.batch, args.lr, args.seed, args.checkpoints, args.vision_steps,
                      args.init, args.vision_lr_scale, args.device, args.grounded_expressions, args.rank_target,
-                     args.shuffle_inventory, args.object_listings, args.descriptions, args.count_questions)
+                     args.shuffle_inventory, args.object_listings, args.descriptions, args.count_questions,
+                     args.listing_leads)
 
 
 def _description_share(item: str) -> tuple[str, float]:
@@ -317,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="probability that a training caption turn becomes 'what objects can we see?' answered by the objects "
                         "in a random order, each by its shape, colour and size words ('cross red large, circle blue small.'), "
                         f"so that each object's colour is found by its shape word (default per variant {OBJECT_LISTINGS})")
+    p.add_argument("--listing-leads", nargs="+", choices=list(LISTING_ORDERS), default=None, metavar="ATTRIBUTE",
+                   help="attributes that may lead a listing's items, each listing drawing one: shape "
+                        f"('cross red large') and/or colour ('red cross large') (default per variant {LISTING_LEADS})")
     p.add_argument("--count-questions", type=float, default=None, metavar="P",
                    help="probability that a training conversation's last question becomes 'how many crosses are there?' "
                         "about a shape the scene has (the scenes' own count questions mostly answer 'zero'; "
