@@ -2,8 +2,8 @@
 
 A sample is one conversation about one scene: a description turn (caption, narrative or referring
 expression after the F-LMM instruction ``DESCRIBE``, the inventory after ``LIST_OBJECTS``, or, as an
-option, the objects named shape first in a random order after ``NAME_OBJECTS``) followed by questions, or
-questions alone.
+option, the objects named shape or colour first in a random order after ``NAME_OBJECTS``) followed by
+questions, or questions alone.
 Token ids are built turn by turn with the word-level tokenizer, which gives exactly the ids that
 ``processor(text=apply_chat_template(...))`` gives (tests check this); the loss covers answers + "</s>".
 """
@@ -64,7 +64,7 @@ LISTING_ORDERS = {"shape": ("shape", "colour", "size"), "colour": ("colour", "sh
 
 
 def object_listing(scene: Scene, rng: np.random.Generator, leads: tuple[str, ...] = ("shape",)) -> str:
-    """The objects in a random order, each named by its shape, colour and size words: "cross red large, circle blue small."
+    """The objects in a random order, each by its lead word, then its other words: "cross red large, circle blue small."
 
     The answer to ``NAME_OBJECTS``. In the caption a shape word comes after its colour and size words and
     objects go left to right, so a tower that knows each patch's rank can give the shape without the
