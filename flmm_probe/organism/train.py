@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 # Each model's seed. `coarse`'s is the best by validation questions of three runs with grounded expressions
 # (seeds 0-2): seed 0 learned one question direction, seeds 1 and 2 both (docs/organism.md, "Session 6").
 # `small`'s is the better of two runs of its session-11 recipe by the organism's bars on validation scenes
-# (seed 1 meets all three; seed 2 misses caption shape, 0.933) (docs/organism.md, "Session 11").
+# (seed 1 meets all three; seed 2 misses caption shape, 0.933); seeds 3 and 4, run after it shipped, miss
+# caption shape too (0.916 / 0.933) (docs/organism.md, "Session 11").
 SEED = {"small": 1, "coarse": 1, "sam": 0}
 # Training expressions followed by their referent's unsaid attributes (text.grounded_expression): it
 # makes `coarse`'s expressions segment (larger RES fit: refined cIoU 32.8 -> 63.9). `small` has it since
