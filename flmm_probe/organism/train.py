@@ -64,12 +64,12 @@ OBJECT_LISTINGS = {"small": 0.5, "coarse": 0.0}
 # Which attribute may lead a listing's items (text.LISTING_ORDERS; each listing draws one): shape first
 # taught every `small` the lookup by shape (colour-of-shape questions 1.00 in all four session-10 seeds),
 # whereas three of those four left the lookup by colour (shape-of-colour questions) at chance; with both
-# leads, both session-11 seeds learned both (shape-of-colour 0.975 / 0.981 on validation scenes).
+# leads, all four session-11 seeds learned both (shape-of-colour 0.97-0.98 on validation scenes).
 LISTING_LEADS = {"small": ("shape", "colour"), "coarse": ("shape",)}
 # The probability that a training conversation's last question counts a shape the scene has. Scenes' own
 # count questions name any of the five shapes and answer "zero" more than half of the time, which is where
-# every `small` with the rank target but one left them (0.55). At 0.3 it did not change that either (both
-# session-11 seeds: 0.54 / 0.55 greedy on validation scenes); `small` keeps it as it was trained with it.
+# every `small` with the rank target but one left them (0.55). At 0.3 it did not change that either (all
+# four session-11 seeds: 0.54-0.55 greedy on validation scenes); `small` keeps it as it was trained with it.
 COUNT_QUESTIONS = {"small": 0.3, "coarse": 0.0}
 # The probability of each kind of description turn (text.DESCRIPTIONS: captions lead).
 DESCRIPTION_MIX = {"small": DESCRIPTIONS, "coarse": DESCRIPTIONS}
@@ -137,7 +137,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     (``text.grounded_expression``). ``rank_target``: vision pretraining also tells each object patch its
     owner's left-to-right rank (``vision.RANK``). ``shuffle_inventory``: inventories list the objects in a
     random order (``text.shuffled_inventory``). ``object_listings``: the probability that a caption turn
-    becomes a listing of the objects, shape first, after its own instruction (``text.object_listing``).
+    becomes a listing of the objects, shape or colour first, after its own instruction (``text.object_listing``).
     ``descriptions``: the probability of each description kind (``text.DESCRIPTIONS``'s keys).
     ``count_questions``: the probability that a conversation's last question counts a shape the scene has.
     ``listing_leads``: which attributes may lead a listing's items (``text.LISTING_ORDERS``' keys).
