@@ -271,6 +271,17 @@ def _job(name: str, args: argparse.Namespace) -> Path:
                      args.listing_leads)
 
 
+def _probability(text: str) -> float:
+    """A number in [0, 1], for ``--object-listings`` and ``--count-questions``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"P must be a number between 0 and 1 (got {text!r})") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"P is a probability, between 0 and 1 (got {value})")
+    return value
+
+
 def _description_share(item: str) -> tuple[str, float]:
     """``"expression=0.3"`` -> ("expression", 0.3), for ``--descriptions``."""
     kind, _, share = item.partition("=")
@@ -323,14 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shuffle-inventory", action=argparse.BooleanOptionalAction, default=None,
                    help="inventories (the answers to 'Please list the objects.') name the objects in a random order, "
                         f"so that each object's colour is found by its shape word (default per variant {SHUFFLE_INVENTORY})")
-    p.add_argument("--object-listings", type=float, default=None, metavar="P",
+    p.add_argument("--object-listings", type=_probability, default=None, metavar="P",
                    help="probability that a training caption turn becomes 'what objects can we see?' answered by the objects "
                         "in a random order, each by its shape, colour and size words ('cross red large, circle blue small.'), "
                         f"so that each object's colour is found by its shape word (default per variant {OBJECT_LISTINGS})")
     p.add_argument("--listing-leads", nargs="+", choices=list(LISTING_ORDERS), default=None, metavar="ATTRIBUTE",
                    help="attributes that may lead a listing's items, each listing drawing one: shape "
                         f"('cross red large') and/or colour ('red cross large') (default per variant {LISTING_LEADS})")
-    p.add_argument("--count-questions", type=float, default=None, metavar="P",
+    p.add_argument("--count-questions", type=_probability, default=None, metavar="P",
                    help="probability that a training conversation's last question becomes 'how many crosses are there?' "
                         "about a shape the scene has (the scenes' own count questions mostly answer 'zero'; "
                         f"default per variant {COUNT_QUESTIONS})")
@@ -341,10 +352,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.descriptions is not None:
         args.descriptions = _description_mix(args.descriptions, p)
-    for flag in ("object_listings", "count_questions"):
-        value = getattr(args, flag)
-        if value is not None and not 0 <= value <= 1:
-            p.error(f"--{flag.replace('_', '-')}: P is a probability, between 0 and 1 (got {value})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     names = list(args.variants) + (["sam"] if args.sam_steps > 0 else [])
     if args.jobs <= 1 or len(names) <= 1:
