@@ -43,9 +43,9 @@ from flmm_probe.organism.sam import box_miou
 from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, conversation, encode, grounded_expression, object_listing,
                                       shuffled_inventory)
 from flmm_probe.organism import text
-from flmm_probe.organism.train import (COUNT_QUESTIONS, DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LISTING_LEADS, LMM_STEPS,
-                                       LR, OBJECT_LISTINGS, RANK_TARGET, SEED, SHUFFLE_INVENTORY, VISION_LR_SCALE,
-                                       VISION_STEPS, main)
+from flmm_probe.organism.train import (AUTOCAST, COUNT_QUESTIONS, DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LISTING_LEADS, LMM_STEPS,
+                                       LR, OBJECT_LISTINGS, RANK_TARGET, SAM_BATCH, SAM_LR, SAM_STEPS, SEED,
+                                       SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, main)
 from flmm_probe.organism.vision import ATTRIBUTES, RANK, object_patch_accuracy, patch_labels
 
 # A fixed held-out set: the first 100 scenes of the test split (seed 0).
@@ -345,6 +345,8 @@ def test_short_training_run_end_to_end(tmp_path):
     assert isinstance(model, LlavaForConditionalGeneration)
     assert json.loads((run / "final" / "training.json").read_text())["step"] == 2
     assert (tmp_path / "sam" / "model.safetensors").is_file()
+    stage = json.loads((tmp_path / "sam" / "config.json").read_text())["training"]["stages"][0]
+    assert stage["environment"]["torch"] == torch.__version__, "what a bit-for-bit reproduction needs is recorded"
 
 
 def test_recipe_defaults_per_variant_and_device_option(tmp_path):
@@ -356,19 +358,22 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
     assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", "--seed", "5",
                  "--no-grounded-expressions", "--rank-target", "--shuffle-inventory", "--object-listings", "0.5",
                  "--count-questions", "0.3", "--listing-leads", "colour", "shape",
-                 "--descriptions", "inventory=0.2", "expression=0.3", "caption=0.4", "narrative=0.1", *common]) == 0
+                 "--descriptions", "inventory=0.2", "expression=0.3", "caption=0.4", "narrative=0.1", "--autocast", "bfloat16",
+                 *common]) == 0
     recorded = {(run, v): json.loads((tmp_path / run / v / "final" / "training.json").read_text())
                 for run, v in (("default", "coarse"), ("default", "small"), ("given", "coarse"))}
     recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"], r["rank_target"], r["shuffle_inventory"], r["object_listings"],
-                  list(r["descriptions"].items()), r["count_questions"], r["listing_leads"])
+                  list(r["descriptions"].items()), r["count_questions"], r["listing_leads"], r["autocast"])
               for k, r in recorded.items()}
     mix = [("caption", 0.4), ("narrative", 0.1), ("expression", 0.3), ("inventory", 0.2)]  # in DESCRIPTIONS' order
     assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v], RANK_TARGET[v], SHUFFLE_INVENTORY[v],
                                        OBJECT_LISTINGS[v], list(DESCRIPTION_MIX[v].items()), COUNT_QUESTIONS[v],
-                                       list(LISTING_LEADS[v])) for v in ("coarse", "small")} | \
-        {("given", "coarse"): (2e-4, 5, False, True, True, 0.5, mix, 0.3, ["colour", "shape"])}
+                                       list(LISTING_LEADS[v]), AUTOCAST) for v in ("coarse", "small")} | \
+        {("given", "coarse"): (2e-4, 5, False, True, True, 0.5, mix, 0.3, ["colour", "shape"], "bfloat16")}
     assert "rank" in recorded["given", "coarse"]["vision_object_patch_accuracy"], "the rank head was trained and scored"
     assert all(len({d[v] for v in VARIANTS}) == 2 for d in (LR, RANK_TARGET, SHUFFLE_INVENTORY, OBJECT_LISTINGS))
+    environment = recorded["default", "small"]["environment"]
+    assert environment["torch"] == torch.__version__ and environment["threads"] == 1  # --threads' default
 
 
 def test_continuation_keeps_its_towers_rank_target(tmp_path):
@@ -379,6 +384,17 @@ def test_continuation_keeps_its_towers_rank_target(tmp_path):
     assert json.loads((tmp_path / "next" / "small" / "final" / "training.json").read_text())["rank_target"] is True
     with pytest.raises(ValueError, match="--init continues"):  # a continuation cannot change its tower's pretraining
         main(["--out", str(tmp_path / "bad"), "--variants", "small", "--init", str(first), "--no-rank-target", *common])
+
+
+def test_autocast_runs_the_llava_stage_in_bfloat16(tmp_path):
+    common = ["--variants", "small", "--steps", "1", "--batch", "2", "--checkpoints", "1", "--vision-steps", "1",
+              "--sam-steps", "0", "--jobs", "1"]
+    for dtype in ("float32", "bfloat16"):
+        assert main(["--out", str(tmp_path / dtype), "--autocast", dtype, *common]) == 0
+    start, final = ({dtype: load_file(tmp_path / dtype / "small" / step / "model.safetensors") for dtype in ("float32", "bfloat16")}
+                    for step in ("step_00000", "final"))
+    assert all(torch.equal(start["float32"][k], start["bfloat16"][k]) for k in start["float32"]), "same start"
+    assert any(not torch.equal(final["float32"][k], final["bfloat16"][k]) for k in final["float32"]), "bf16 forward"
 
 
 def test_frozen_vision_tower_stays_unchanged(tmp_path, caplog):
@@ -417,11 +433,16 @@ def test_shipped_models_were_trained_with_the_defaults(variant):
     assert (meta["steps"], meta["lr"], meta["vision_steps"], meta["vision_lr_scale"], meta["seed"], meta["init"],
             meta.get("grounded_expressions", False), meta.get("rank_target", False), meta.get("shuffle_inventory", False),
             meta.get("object_listings", 0.0), meta.get("descriptions", DESCRIPTIONS), meta.get("count_questions", 0.0),
-            meta.get("listing_leads", ["shape"])) == \
+            meta.get("listing_leads", ["shape"]), meta.get("autocast", "float32")) == \
         (LMM_STEPS[variant], LR[variant], VISION_STEPS[variant], VISION_LR_SCALE, SEED[variant], None,
          GROUNDED_EXPRESSIONS[variant], RANK_TARGET[variant], SHUFFLE_INVENTORY[variant], OBJECT_LISTINGS[variant],
          DESCRIPTION_MIX[variant], COUNT_QUESTIONS[variant],
-         list(LISTING_LEADS[variant]))
+         list(LISTING_LEADS[variant]), AUTOCAST)
+
+
+def test_shipped_sam_was_trained_with_the_defaults():
+    stages = json.loads((WEIGHTS_DIR / "sam" / "config.json").read_text())["training"]["stages"]
+    assert [(s["steps"], s["batch"], s["lr"], s["seed"]) for s in stages] == [(SAM_STEPS, SAM_BATCH, SAM_LR, SEED["sam"])]
 
 
 def test_shipped_size_budget():
