@@ -84,8 +84,8 @@ DESCRIPTION_MIX = {"small": DESCRIPTIONS, "coarse": DESCRIPTIONS}
 # tokens 0.856 / 0.861, questions 0.586 / 0.593) and frozen steps took 15% less time.
 VISION_LR_SCALE = 0.0
 # The LLaVA stage's forward pass in float32, as the shipped models were trained, or under bfloat16 autocast
-# (as LLaVA itself trains): on this project's CPU (AVX-512 BF16) a `small` step then takes 0.61 s instead of
-# 0.77 s beside a `coarse` run, one thread each (docs/organism.md, "Session 13").
+# (as LLaVA itself trains): on this project's CPU (AVX-512 BF16) a whole `small` step, batch making included,
+# then takes 0.86-0.88x the time (benchmarks/organism_step.py, docs/benchmarks.md).
 AUTOCAST = "float32"
 # Box mIoU 0.95 on test scenes; 1,500 steps (session 13) gave 0.895, under the bar of 0.90.
 SAM_STEPS = 1900
@@ -371,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"probability of each kind of description turn, all of {', '.join(DESCRIPTIONS)} "
                         f"(default per variant {DESCRIPTION_MIX})")
     p.add_argument("--autocast", choices=["bfloat16", "float32"], default=AUTOCAST,
-                   help="the LLaVA stage's forward pass under bfloat16 autocast (about 20%% faster steps on a CPU with "
-                        "AVX-512 BF16), or in float32 as the shipped models were trained")
+                   help="the LLaVA stage's forward pass under bfloat16 autocast (steps 12-14%% faster on this project's "
+                        "AVX-512 BF16 CPU), or in float32 as the shipped models were trained")
     p.add_argument("--device", default="cpu", help="where the LMMs train, e.g. cuda (SAM and scene making stay on the CPU)")
     args = p.parse_args(argv)
     if args.descriptions is not None:
