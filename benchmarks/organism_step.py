@@ -63,6 +63,14 @@ def _beside(variant: str, ready: multiprocessing.Event, stop: multiprocessing.Ev
         step += 1
 
 
+def write_result(result: dict, out: str | None) -> None:
+    """Print ``result`` as JSON, and write it to ``out`` if given."""
+    print(json.dumps(result, indent=1))
+    if out:
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="small", choices=list(VARIANTS))
@@ -96,10 +104,7 @@ def main() -> None:
         "bfloat16_over_float32": statistics.median(times["bfloat16"]) / statistics.median(times["float32"]),
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
     }
-    print(json.dumps(result, indent=1))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

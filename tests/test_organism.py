@@ -28,7 +28,7 @@ from flmm_probe.organism import (
     shipped_steps,
 )
 from flmm_probe.organism import evaluate
-from flmm_probe.organism.build import VARIANTS, build_processor
+from flmm_probe.organism.build import VARIANTS, SamConfig, build_lmm, build_processor, build_sam
 from flmm_probe.organism.evaluate import (
     PHRASE_WORDS,
     caption_accuracy,
@@ -39,14 +39,15 @@ from flmm_probe.organism.evaluate import (
     qa_accuracy,
     teacher_forced_accuracy,
 )
-from flmm_probe.organism.sam import box_miou
+from flmm_probe.organism.sam import box_miou, load_sam, save_sam, saved_sam_config
 from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, conversation, encode, grounded_expression, object_listing,
                                       shuffled_inventory)
 from flmm_probe.organism import text
-from flmm_probe.organism.train import (AUTOCAST, COUNT_QUESTIONS, DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LISTING_LEADS, LMM_STEPS,
-                                       LR, OBJECT_LISTINGS, RANK_TARGET, SAM_BATCH, SAM_LR, SAM_STEPS, SEED,
-                                       SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, main)
-from flmm_probe.organism.vision import ATTRIBUTES, RANK, object_patch_accuracy, patch_labels
+from flmm_probe.organism.train import (AUTOCAST, BATCH, COUNT_QUESTIONS, DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LISTING_LEADS,
+                                       LMM_STEPS, LR, OBJECT_LISTINGS, RANK_TARGET, SAM_BATCH, SAM_LR, SAM_STEPS, SEED,
+                                       SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, lmm_batch, main, shared_threads,
+                                       train_lmm)
+from flmm_probe.organism.vision import ATTRIBUTES, RANK, object_patch_accuracy, optimizer_step, patch_labels
 
 # A fixed held-out set: the first 100 scenes of the test split (seed 0).
 HELD_OUT = [make_scene("test", i) for i in range(100)]
@@ -397,6 +398,50 @@ def test_autocast_runs_the_llava_stage_in_bfloat16(tmp_path):
     assert any(not torch.equal(final["float32"][k], final["bfloat16"][k]) for k in final["float32"]), "bf16 forward"
 
 
+def _llava_steps(variant: str, threads: int, steps: int = 2) -> list[torch.Tensor]:
+    """The trainable parameters after ``steps`` LLaVA steps of ``variant``'s recipe at full batch, on ``threads`` threads."""
+    processor = build_processor(VARIANTS[variant].patch)
+    torch.manual_seed(0)
+    model = build_lmm(VARIANTS[variant], processor.tokenizer)
+    model.model.vision_tower.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for step in range(steps):
+            inputs = lmm_batch(step, BATCH, 1, processor, (IMAGE_SIZE // VARIANTS[variant].patch) ** 2,
+                               GROUNDED_EXPRESSIONS[variant], SHUFFLE_INVENTORY[variant], OBJECT_LISTINGS[variant], None,
+                               COUNT_QUESTIONS[variant], LISTING_LEADS[variant])
+            optimizer_step(model(**inputs).loss, opt, params)
+    finally:
+        torch.set_num_threads(before)
+    return [p.detach().clone() for p in params]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_llava_steps_compute_the_same_bits_on_one_or_two_threads(variant):
+    # `flmm-probe organism train` hands a finished job's core to the LLaVA stages still running; the shipped
+    # models reproduce bit for bit only if a step's arithmetic does not depend on the thread count.
+    one, two = _llava_steps(variant, 1), _llava_steps(variant, 2)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+def test_llava_stage_takes_the_threads_it_is_given(tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        final = train_lmm("small", tmp_path, steps=2, batch=2, checkpoints=1, vision_steps=1, threads=lambda: 2)
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads((final / "training.json").read_text())["threads_from_step"] == {"0": 2}
+
+
+def test_finished_jobs_share_out_their_threads():
+    assert [shared_threads(1, 2, left) for left in (3, 2, 1, 0)] == [1, 1, 2, 2]
+    assert shared_threads(2, 2, 1) == 4 and shared_threads(1, 3, 2) == 1
+
+
 def test_frozen_vision_tower_stays_unchanged(tmp_path, caplog):
     argv = ["--out", str(tmp_path), "--variants", "small", "--steps", "2", "--batch", "2", "--checkpoints", "1",
             "--vision-steps", "2", "--sam-steps", "0", "--vision-lr-scale", "0"]
@@ -443,6 +488,19 @@ def test_shipped_models_were_trained_with_the_defaults(variant):
 def test_shipped_sam_was_trained_with_the_defaults():
     stages = json.loads((WEIGHTS_DIR / "sam" / "config.json").read_text())["training"]["stages"]
     assert [(s["steps"], s["batch"], s["lr"], s["seed"]) for s in stages] == [(SAM_STEPS, SAM_BATCH, SAM_LR, SEED["sam"])]
+    assert saved_sam_config(WEIGHTS_DIR / "sam") == SamConfig()
+
+
+def test_a_sam_saved_before_windows_existed_loads_with_global_attention(tmp_path):
+    cfg = SamConfig(img_size=64, patch=16, encoder_width=32, encoder_depth=1, encoder_heads=2, prompt_dim=32,
+                    decoder_depth=1, decoder_heads=2, decoder_mlp=32, window=0, global_layers=())
+    save_sam(build_sam(cfg), cfg, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for key in ("window", "global_layers"):
+        del saved["sam_config"][key]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert saved_sam_config(tmp_path) == cfg
+    assert [block.window_size for block in load_sam(tmp_path).image_encoder.blocks] == [0]
 
 
 def test_shipped_size_budget():

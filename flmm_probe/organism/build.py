@@ -160,6 +160,11 @@ class SamConfig:
     decoder_depth: int = 2
     decoder_heads: int = 4
     decoder_mlp: int = 256
+    # As SAM's ViT: attention within windows (here 10x10 patches, a quarter of the grid) in the first blocks
+    # and over the whole grid in the last; window 0 attends globally in every block (the SAM shipped until
+    # session 14). A training step takes 0.84x the time of global attention (docs/organism.md, "Session 14").
+    window: int = 10
+    global_layers: tuple[int, ...] = (2,)
 
 
 def build_sam(cfg: SamConfig) -> Sam:
@@ -176,8 +181,8 @@ def build_sam(cfg: SamConfig) -> Sam:
             out_chans=cfg.prompt_dim,
             qkv_bias=True,
             use_rel_pos=True,
-            window_size=0,
-            global_attn_indexes=(),
+            window_size=cfg.window,
+            global_attn_indexes=tuple(cfg.global_layers),
         ),
         prompt_encoder=PromptEncoder(
             embed_dim=cfg.prompt_dim,

@@ -138,10 +138,16 @@ def save_sam(sam: Sam, cfg: SamConfig, path: Path, meta: dict | None = None) -> 
     (path / "config.json").write_text(json.dumps({"sam_config": asdict(cfg), "training": meta or {}}, indent=1))
 
 
+def saved_sam_config(path: Path) -> SamConfig:
+    """The SamConfig that ``save_sam`` wrote at ``path``; one saved before ``SamConfig.window`` existed
+    (the SAM shipped until session 14) attended globally in every block."""
+    saved = {"window": 0, "global_layers": (), **json.loads((path / "config.json").read_text())["sam_config"]}
+    return SamConfig(**{**saved, "global_layers": tuple(saved["global_layers"])})
+
+
 def load_sam(path: Path) -> Sam:
     """The Sam saved by ``save_sam`` at ``path``, float32, in eval mode."""
-    cfg = SamConfig(**json.loads((path / "config.json").read_text())["sam_config"])
-    sam = build_sam(cfg)
+    sam = build_sam(saved_sam_config(path))
     state = {k: v.float() for k, v in load_file(str(path / "model.safetensors")).items()}
     sam.load_state_dict(state)
     return sam.eval()
