@@ -84,7 +84,7 @@ def test_segment_and_overlay_end_to_end(llava):
     backbone = load_backbone(*llava)
     torch.manual_seed(0)
     sam = build_sam(SamConfig(img_size=64, patch=16, encoder_width=32, encoder_depth=1, encoder_heads=2, prompt_dim=32,
-                              decoder_depth=1, decoder_heads=2, decoder_mlp=64)).eval()
+                              decoder_depth=1, decoder_heads=2, decoder_mlp=64, window=0)).eval()
     # tiny LLaVA: 3 layers x 4 heads of maps, 64-wide hidden states after each of its 3 layers
     grounder = build_grounder(FitConfig(base_channels=8, stages=2, long_side=16), 12, sam, text_dim=64, text_layers=3)
     image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
