@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import signal
 import subprocess
@@ -42,7 +43,7 @@ from flmm_probe.organism.evaluate import (
 from flmm_probe.organism.sam import box_miou, load_sam, save_sam, saved_sam_config
 from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, conversation, encode, grounded_expression, object_listing,
                                       shuffled_inventory)
-from flmm_probe.organism import text
+from flmm_probe.organism import text, train
 from flmm_probe.organism.train import (AUTOCAST, BATCH, COUNT_QUESTIONS, DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LISTING_LEADS,
                                        LMM_STEPS, LR, OBJECT_LISTINGS, RANK_TARGET, SAM_BATCH, SAM_LR, SAM_STEPS, SEED,
                                        SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, lmm_batch, main, shared_threads,
@@ -435,6 +436,22 @@ def test_llava_stage_takes_the_threads_it_is_given(tmp_path):
     finally:
         torch.set_num_threads(before)
     assert json.loads((final / "training.json").read_text())["threads_from_step"] == {"0": 2}
+
+
+def test_a_job_takes_the_threads_of_finished_jobs(tmp_path):
+    # What a pool worker of `main` sees once the other job has ended: one unfinished job (this one) of two.
+    # The in-process path runs the same `_job`, so the worker's wiring is exercised here deterministically.
+    unfinished = multiprocessing.get_context("spawn").Value("i", 1)
+    before = torch.get_num_threads()
+    train._worker_init(unfinished)
+    try:
+        assert main(["--out", str(tmp_path), "--variants", "small", "--steps", "2", "--batch", "2", "--checkpoints", "1",
+                     "--vision-steps", "1", "--sam-steps", "0", "--jobs", "2", "--threads", "1"]) == 0
+    finally:
+        train._worker_init(None)
+        torch.set_num_threads(before)
+    assert json.loads((tmp_path / "small" / "final" / "training.json").read_text())["threads_from_step"] == {"0": 2}
+    assert unfinished.value == 0, "a finished job counts itself out"
 
 
 def test_finished_jobs_share_out_their_threads():

@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     # trains faster than one model at a time on all cores (small tensors scale poorly across threads: a
     # `small` step took 0.71 s on one thread, 0.43 s on two, on this project's 2-core machine). Once a
     # job ends with none left to start, its threads go to the LMMs still in their LLaVA stage, whose
-    # steps compute the same bits on any thread count (tests/test_organism_train.py).
+    # steps compute the same bits on one thread or two (tests/test_organism.py).
     # SIGTERM becomes SystemExit so that leaving the `with` block terminates the workers too.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     context = multiprocessing.get_context("spawn")
