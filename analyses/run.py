@@ -3,7 +3,8 @@
     flmm-probe analyze --store runs/x/store --data shapes:test:200 --out runs/x
 
 Writes into the output folder (never re-running the LMM: records come from the store):
-    scores.parquet              sample phrase layer head metric value + phrase attributes (analyses.score)
+    scores.parquet              sample phrase layer head metric value + phrase attributes (plural, is_thing,
+                                task, kind: analyses.score)
     baselines.parquet           sample phrase baseline metric value (uniform map, centre prior)
     heads.parquet               localization heads: layer head image_mass passes_mass low_entropy_share selected
     head_table.parquet          layer head estimate low high n rank, for the pointing game
@@ -47,7 +48,8 @@ def scored_samples(store: Store, dataset: GroundingDataset) -> Iterator[ScoredSa
     for sample in dataset:
         if sample.sample_id not in done:
             continue
-        attributes = [{"plural": p.plural, "is_thing": p.is_thing, "task": sample.attributes.get("task")} for p in sample.phrases]
+        attributes = [{"plural": p.plural, "is_thing": p.is_thing, "task": sample.attributes.get("task"),
+                       "kind": p.attributes.get("kind")} for p in sample.phrases]
         yield ScoredSample(sample.sample_id, store.read(sample.sample_id), list(sample.masks()), attributes)
 
 

@@ -58,13 +58,13 @@ def _record(args: argparse.Namespace) -> int:
 
     backbone = _backbone(args)
     # Not the data: several datasets may be recorded into one store (the paper's training mixture).
-    config = {"backbone": args.backbone, "instruction": backbone.instruction}
+    config = {"backbone": args.backbone, "instruction": backbone.instruction, "pooling": args.pooling}
     store = Store.create(args.store, config, maps_dtype=args.maps_dtype, exist_ok=True)
     # torchrun and accelerate launch set RANK and WORLD_SIZE; each rank writes its own shards.
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     report = record_dataset(
         backbone, open_dataset(args.data), store, batch_size=args.batch_size, rank=rank, world_size=world_size,
-        shard_size=args.shard_size,
+        shard_size=args.shard_size, pooling=args.pooling,
     )
     print(json.dumps({"rank": rank, **report.as_dict()}))
     if world_size > 1:
@@ -119,14 +119,17 @@ def _fit(args: argparse.Namespace) -> int:
     from .fit import FitConfig, fit
     from .store import Store
 
+    store = Store.open(args.store)
     config = FitConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, maps=args.maps,
+        # stores recorded before `record --pooling` existed say nothing: they were all mean-pooled
+        pooling=store.config.get("pooling", "mean"),
         use_refiner=not args.no_refiner, use_text=not args.no_text, base_channels=args.base_channels,
         long_side=args.long_side,
     )
     sam = None if args.no_refiner else _sam(args.sam)
     cache = EmbeddingCache(args.cache) if args.cache else None
-    run = fit(Store.open(args.store), open_dataset(args.data), sam, config, args.out, cache=cache)
+    run = fit(store, open_dataset(args.data), sam, config, args.out, cache=cache)
     print(f"grounder -> {run}")
     return 0
 
@@ -221,6 +224,14 @@ def _sam_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-refiner", action="store_true", help="coarse U-Net masks only, no SAM")
 
 
+def _pooling_argument(parser: argparse.ArgumentParser) -> None:
+    from .phrases import POOLINGS
+
+    parser.add_argument("--pooling", choices=POOLINGS, default="mean",
+                        help="merge of a phrase's tokens' maps: mean (the paper's), max, or last (the phrase's last "
+                             "token, the only one a causal LM lets read the whole phrase)")
+
+
 class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default only where it has one (not "default: None" on required options and flags)."""
 
@@ -261,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--shard-size", type=int, default=64, help="samples per shard file")
     record.add_argument("--maps-dtype", choices=["float16", "bfloat16", "float32"], default="float16",
                         help="dtype of the stored attention maps")
+    _pooling_argument(record)
     record.set_defaults(handler=_record)
 
     one = commands.add_parser(
@@ -272,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--text", required=True, help="text fed as the assistant's answer")
     one.add_argument("--phrase", action="append", required=True, help="a phrase of the text (repeat for more)")
     one.add_argument("--out", required=True, help="output .safetensors AttentionRecord")
-    one.add_argument("--pooling", choices=["mean", "max"], default="mean", help="merge of a phrase's tokens")
+    _pooling_argument(one)
     one.add_argument("--no-hidden", action="store_true", help="do not keep the phrase tokens' hidden states")
     one.set_defaults(handler=_record_image)
 

@@ -72,7 +72,7 @@ class FitConfig:
         each sample's phrases together, as the reference batches all phrases of one text.
     maps: "stacked" (every view kind's (layer, head) maps as channels, AttentionRecord.stacked) or
         "fused" (kinds averaged first, AttentionRecord.fused: layer * head channels).
-    pooling: how the store merged a phrase's tokens ("mean" | "max"); checked against the store, and used
+    pooling: how the store merged a phrase's tokens ("mean" | "max" | "last"); checked against the store, and used
         by `segment` to record new images the same way.
     use_refiner: train the SAM refiner (else only the U-Net; refined masks are then None).
     use_text, use_box, use_mask: the refiner's prompts (PAPER.md step 5).

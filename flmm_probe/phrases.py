@@ -13,6 +13,8 @@ import torch
 
 Span = tuple[int, int]
 PhraseLike = str | Span
+# How a phrase's tokens' maps become one map (``pool``).
+POOLINGS = ("mean", "max", "last")
 
 
 class PhraseError(ValueError):
@@ -83,13 +85,15 @@ def span_tokens(offsets: torch.Tensor, text_start: int, spans: Sequence[Span], t
 def pool(maps: torch.Tensor, token_groups: Sequence[torch.Tensor], mode: str = "mean") -> torch.Tensor:
     """Merge the token rows of each phrase.
 
-    maps: (..., query, key); token_groups: per phrase, indices into the query dim.
-    Returns (phrase, ..., key), merged by "mean" (the paper's default) or "max".
+    maps: (..., query, key); token_groups: per phrase, indices into the query dim, in text order.
+    Returns (phrase, ..., key), merged by "mean" (the paper's default), "max" (its alternative) or "last":
+    the phrase's last token alone, the only one a causal LM has let read the whole phrase ("the largest
+    circle": "the" and "largest" cannot know which circle is meant; docs/results.md, "Which token grounds").
     """
-    if mode not in ("mean", "max"):
-        raise ValueError(f"pooling must be 'mean' or 'max', got {mode!r}.")
+    if mode not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {mode!r}.")
     merged = []
     for group in token_groups:
         rows = maps.index_select(-2, group.to(maps.device))
-        merged.append(rows.mean(-2) if mode == "mean" else rows.amax(-2))
+        merged.append(rows.mean(-2) if mode == "mean" else rows.amax(-2) if mode == "max" else rows[..., -1, :])
     return torch.stack(merged)

@@ -62,18 +62,19 @@ def record_dataset(
     world_size: int = 1,
     shard_size: int = 64,
     progress: bool = True,
+    pooling: str = "mean",
 ) -> RecordReport:
     """Record every good sample of `dataset` not yet in `store`. Returns the job's report.
 
     Manifest extras: sample_<attribute> for the sample's scalar attributes (dataset, split, task...), and
-    per phrase plural and is_thing.
+    per phrase plural and is_thing. pooling: how each phrase's tokens are merged (``phrases.pool``).
     """
     report = RecordReport()
     done = store.done_ids()
     pending: list[GroundingSample] = []
 
     def flush(writer) -> None:
-        for sample, record in _record_robustly(backbone, pending, report):
+        for sample, record in _record_robustly(backbone, pending, report, pooling):
             writer.add(sample.sample_id, record, _sample_columns(sample), _phrase_columns(sample))
             report.recorded += 1
         pending.clear()
@@ -93,16 +94,17 @@ def record_dataset(
     return report
 
 
-def _record_robustly(backbone: Backbone, samples: list[GroundingSample], report: RecordReport):
+def _record_robustly(backbone: Backbone, samples: list[GroundingSample], report: RecordReport, pooling: str):
     """(sample, record) for each sample; a batch with a lost phrase is retried one sample at a time."""
     if not samples:
         return []
     try:
-        records = backbone.record_batch([(s.image(), s.text, s.spans) for s in samples], batch_size=len(samples))
+        records = backbone.record_batch([(s.image(), s.text, s.spans) for s in samples], batch_size=len(samples),
+                                        pooling=pooling)
         return list(zip(samples, records))
     except PhraseError:
         if len(samples) > 1:
-            return [pair for s in samples for pair in _record_robustly(backbone, [s], report)]
+            return [pair for s in samples for pair in _record_robustly(backbone, [s], report, pooling)]
         log.warning("record: skipping %s: a phrase maps to no token", samples[0].sample_id, exc_info=True)
         report.bad["phrase lost by the tokenizer"] += 1
         return []

@@ -23,5 +23,8 @@ def test_analyze_writes_every_table(tmp_path):
     n_phrases = int(store.manifest.shape[0])
     assert scores.groupby("metric", observed=True).size().eq(n_phrases * 3 * 5).all()  # 3 layers x (4 heads + mean)
     assert set(scores["task"]) == {"res", "png"} and scores["value"].notna().any()
+    # referring expressions carry their kind (attribute / relational / superlative); narrative phrases have none
+    assert set(scores.loc[scores.task == "res", "kind"]) <= {"attribute", "relational", "superlative"}
+    assert scores.loc[scores.task == "png", "kind"].isna().all() and scores.loc[scores.task == "res", "kind"].notna().all()
     assert len(tables["heads"]) == 12 and tables["heads"]["selected"].sum() == 10
     assert isinstance(tables["head_table"], pd.DataFrame) and tables["head_table"]["rank"].min() == 1
