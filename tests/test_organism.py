@@ -45,7 +45,7 @@ from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, conversation, encode
                                       shuffled_inventory)
 from flmm_probe.organism import text, train
 from flmm_probe.organism.train import (AUTOCAST, BATCH, COUNT_QUESTIONS, DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LISTING_LEADS,
-                                       LMM_STEPS, LR, OBJECT_LISTINGS, RANK_TARGET, SAM_BATCH, SAM_LR, SAM_STEPS, SEED,
+                                       LMM_STEPS, LR, OBJECT_LISTINGS, RANK_TARGET, RANKED_EXPRESSIONS, SAM_BATCH, SAM_LR, SAM_STEPS, SEED,
                                        SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, lmm_batch, main, shared_threads,
                                        train_lmm)
 from flmm_probe.organism.vision import ATTRIBUTES, RANK, object_patch_accuracy, optimizer_step, patch_labels
@@ -203,6 +203,30 @@ def test_grounded_expression_appends_what_it_does_not_say_about_its_referent():
     assert not any(turn[1] in expressions.values() and turn[1] not in expressions for c in bare for turn in c)
 
 
+def test_ranked_expressions_give_the_rank_where_colour_and_size_cannot_find_the_referent():
+    scenes = [make_scene("train", i) for i in range(40)]
+    seen = set()
+    for scene in scenes:
+        ranks = [o.cx for o in scene.objects]
+        assert ranks == sorted(ranks), "objects are listed left to right: their index is their rank"
+        for e in scene.expressions:
+            plain, ranked = grounded_expression(scene, e), grounded_expression(scene, e, ranked=True)
+            rank = NUMBERS[e.target + 1]
+            if e.kind == "relational" or plain == e.text:
+                assert ranked == " ".join([e.text, rank] + plain[len(e.text):].split()), (plain, ranked)
+                seen.add("relational" if e.kind == "relational" else "both attributes")
+            else:
+                assert ranked == plain
+                seen.add(e.kind)
+    assert seen == {"relational", "both attributes", "attribute", "superlative"}
+    scene = next(s for s in scenes if any(e.kind == "relational" for e in s.expressions))
+    plain = [conversation(scene, np.random.default_rng(k), grounded_expressions=True) for k in range(200)]
+    ranked = [conversation(scene, np.random.default_rng(k), grounded_expressions=True, ranked_expressions=True)
+              for k in range(200)]
+    changed = [(a, b) for a, b in zip(plain, ranked) if a != b]
+    assert changed and all(a[1:] == b[1:] for a, b in changed), "the same draws; only expression answers change"
+
+
 def test_shuffled_inventory_names_the_same_objects_in_random_orders():
     scene = make_scene("train", 3)  # four objects, two of them alike
     items = sorted(scene.inventory.removesuffix(".").split(", "))
@@ -253,6 +277,8 @@ def test_listings_may_lead_with_the_colour():
     assert all(x in (shape_first, colour_first) for x in led)
     assert 60 < sum(x == colour_first for x in led) < 140, "each listing draws its lead"
     assert all(_listed(object_listing(scene, rng, ("colour",))) == colour_first for _ in range(20))
+    size_first = sorted(f"{o.size} {o.colour} {o.shape}" for o in scene.objects)  # as a caption phrase, no article
+    assert all(_listed(object_listing(scene, rng, ("size",))) == size_first for _ in range(20))
     # One lead draws nothing more: the default listings, and the texts they are in, stay as they were.
     assert [object_listing(scene, np.random.default_rng(k)) for k in range(50)] == \
         [object_listing(scene, np.random.default_rng(k), ("shape",)) for k in range(50)]
@@ -358,20 +384,20 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
               "--jobs", "1", "--device", "cpu"]
     assert main(["--out", str(tmp_path / "default"), "--variants", "coarse", "small", *common]) == 0
     assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", "--seed", "5",
-                 "--no-grounded-expressions", "--rank-target", "--shuffle-inventory", "--object-listings", "0.5",
+                 "--no-grounded-expressions", "--ranked-expressions", "--rank-target", "--shuffle-inventory", "--object-listings", "0.5",
                  "--count-questions", "0.3", "--listing-leads", "colour", "shape",
                  "--descriptions", "inventory=0.2", "expression=0.3", "caption=0.4", "narrative=0.1", "--autocast", "bfloat16",
                  *common]) == 0
     recorded = {(run, v): json.loads((tmp_path / run / v / "final" / "training.json").read_text())
                 for run, v in (("default", "coarse"), ("default", "small"), ("given", "coarse"))}
-    recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"], r["rank_target"], r["shuffle_inventory"], r["object_listings"],
+    recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"], r["ranked_expressions"], r["rank_target"], r["shuffle_inventory"], r["object_listings"],
                   list(r["descriptions"].items()), r["count_questions"], r["listing_leads"], r["autocast"])
               for k, r in recorded.items()}
     mix = [("caption", 0.4), ("narrative", 0.1), ("expression", 0.3), ("inventory", 0.2)]  # in DESCRIPTIONS' order
-    assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v], RANK_TARGET[v], SHUFFLE_INVENTORY[v],
+    assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v], RANKED_EXPRESSIONS[v], RANK_TARGET[v], SHUFFLE_INVENTORY[v],
                                        OBJECT_LISTINGS[v], list(DESCRIPTION_MIX[v].items()), COUNT_QUESTIONS[v],
                                        list(LISTING_LEADS[v]), AUTOCAST) for v in ("coarse", "small")} | \
-        {("given", "coarse"): (2e-4, 5, False, True, True, 0.5, mix, 0.3, ["colour", "shape"], "bfloat16")}
+        {("given", "coarse"): (2e-4, 5, False, True, True, True, 0.5, mix, 0.3, ["colour", "shape"], "bfloat16")}
     assert "rank" in recorded["given", "coarse"]["vision_object_patch_accuracy"], "the rank head was trained and scored"
     assert all(len({d[v] for v in VARIANTS}) == 2 for d in (LR, RANK_TARGET, SHUFFLE_INVENTORY, OBJECT_LISTINGS))
     environment = recorded["default", "small"]["environment"]
@@ -493,11 +519,11 @@ def test_shipped_models_were_trained_with_the_defaults(variant):
     # Options newer than a shipped model are missing from its training.json: it was trained without them.
     meta = json.loads((WEIGHTS_DIR / variant / "training.json").read_text())
     assert (meta["steps"], meta["lr"], meta["vision_steps"], meta["vision_lr_scale"], meta["seed"], meta["init"],
-            meta.get("grounded_expressions", False), meta.get("rank_target", False), meta.get("shuffle_inventory", False),
+            meta.get("grounded_expressions", False), meta.get("ranked_expressions", False), meta.get("rank_target", False), meta.get("shuffle_inventory", False),
             meta.get("object_listings", 0.0), meta.get("descriptions", DESCRIPTIONS), meta.get("count_questions", 0.0),
             meta.get("listing_leads", ["shape"]), meta.get("autocast", "float32")) == \
         (LMM_STEPS[variant], LR[variant], VISION_STEPS[variant], VISION_LR_SCALE, SEED[variant], None,
-         GROUNDED_EXPRESSIONS[variant], RANK_TARGET[variant], SHUFFLE_INVENTORY[variant], OBJECT_LISTINGS[variant],
+         GROUNDED_EXPRESSIONS[variant], RANKED_EXPRESSIONS[variant], RANK_TARGET[variant], SHUFFLE_INVENTORY[variant], OBJECT_LISTINGS[variant],
          DESCRIPTION_MIX[variant], COUNT_QUESTIONS[variant],
          list(LISTING_LEADS[variant]), AUTOCAST)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from flmm_probe.data.shapes import DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, Expression, Scene, count_question
+from flmm_probe.data.shapes import DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, NUMBERS, Expression, Scene, count_question
 
 IGNORE = -100
 RELATIONS = ("left", "right", "above", "below")
@@ -31,7 +31,7 @@ QUESTIONS_AFTER_DESCRIPTION = 2
 QUESTIONS_ALONE = 4
 
 
-def grounded_expression(scene: Scene, expression: Expression) -> str:
+def grounded_expression(scene: Scene, expression: Expression, ranked: bool = False) -> str:
     """The expression, then the referent's colour and size words that it does not already say.
 
     "the cross" -> "the cross red large"; "the red cross left of the blue square" -> "... square large".
@@ -40,12 +40,19 @@ def grounded_expression(scene: Scene, expression: Expression) -> str:
     referent, and its words found their referent 0.35 of the time against 0.93 for caption phrases
     (docs/organism.md). The first appended word is one the text cannot give, so the expression's last
     token must find the referent to predict it. ("the large red cross" says both and stays bare.)
+    ``ranked``: where colour and size cannot make that lookup (an expression that says both, or a relational
+    one, whose look-alikes share its colour and often its size), the referent's rank left to right comes
+    first, as a number word: "the large red cross two", "the red cross left of the blue square two large".
+    The rank tells any two objects apart, and the vision tower can give it (``vision.RANK``).
     """
     words = expression.text.split()
     # a relational expression's words after the relation are the anchor's, not the referent's
     said = words[: next((k for k, w in enumerate(words) if w in RELATIONS), len(words))]
     referent = scene.objects[expression.target]
-    return " ".join(words + [w for w in (referent.colour, referent.size) if w not in said])
+    unsaid = [w for w in (referent.colour, referent.size) if w not in said]
+    if ranked and (expression.kind == "relational" or not unsaid):
+        unsaid = [NUMBERS[expression.target + 1]] + unsaid  # objects are listed left to right
+    return " ".join(words + unsaid)
 
 
 def shuffled_inventory(scene: Scene, rng: np.random.Generator) -> str:
@@ -59,8 +66,10 @@ def shuffled_inventory(scene: Scene, rng: np.random.Generator) -> str:
 
 
 # The word order of a listing's items by the attribute that leads: the words after the lead must be found
-# by the lead word, in any order of the objects.
-LISTING_ORDERS = {"shape": ("shape", "colour", "size"), "colour": ("colour", "shape", "size")}
+# by the lead word, in any order of the objects. Led by the size, an item's shape must be found by its size
+# and colour together, the lookup "the large red cross" needs when another red cross is small.
+LISTING_ORDERS = {"shape": ("shape", "colour", "size"), "colour": ("colour", "shape", "size"),
+                  "size": ("size", "colour", "shape")}
 
 
 def object_listing(scene: Scene, rng: np.random.Generator, leads: tuple[str, ...] = ("shape",)) -> str:
@@ -82,10 +91,11 @@ def object_listing(scene: Scene, rng: np.random.Generator, leads: tuple[str, ...
 def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: bool = False,
                  shuffle_inventory: bool = False, object_listings: float = 0.0,
                  descriptions: dict[str, float] | None = None, count_questions: float = 0.0,
-                 listing_leads: tuple[str, ...] = ("shape",)) -> list[tuple[str, str]]:
+                 listing_leads: tuple[str, ...] = ("shape",), ranked_expressions: bool = False) -> list[tuple[str, str]]:
     """(instruction, answer) turns of one sampled conversation about ``scene``.
 
-    ``grounded_expressions``: an expression turn answers ``grounded_expression(...)``, not the bare text.
+    ``grounded_expressions``: an expression turn answers ``grounded_expression(...)``, not the bare text;
+    ``ranked_expressions``: with the referent's rank where colour and size cannot find it (its ``ranked``).
     ``shuffle_inventory``: an inventory turn answers ``shuffled_inventory(...)``.
     ``object_listings``: the probability that a caption turn becomes ``(NAME_OBJECTS, object_listing(...))``
     (0: never, and no random draw is made for it); ``listing_leads``: which attribute may lead its items.
@@ -100,7 +110,8 @@ def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: b
         kind = rng.choice(list(mix), p=list(mix.values()))
         if kind == "expression" and scene.expressions:
             expression = scene.expressions[int(rng.integers(len(scene.expressions)))]
-            turns.append((DESCRIBE, grounded_expression(scene, expression) if grounded_expressions else expression.text))
+            turns.append((DESCRIBE, grounded_expression(scene, expression, ranked_expressions) if grounded_expressions
+                           else expression.text))
         elif kind == "inventory":
             turns.append((LIST_OBJECTS, shuffled_inventory(scene, rng) if shuffle_inventory else scene.inventory))
         elif kind == "narrative":

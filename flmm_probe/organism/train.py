@@ -48,6 +48,9 @@ SEED = {"small": 1, "coarse": 1, "sam": 0}
 # makes `coarse`'s expressions segment (larger RES fit: refined cIoU 32.8 -> 63.9). `small` has it since
 # session 10, with the rank target and the listings below (alone, in session 7, it did not help `small`).
 GROUNDED_EXPRESSIONS = {"small": True, "coarse": True}
+# Grounded expressions that also give the referent's rank where its colour and size cannot find it
+# (text.grounded_expression's ``ranked``: relational expressions, and those that say both attributes).
+RANKED_EXPRESSIONS = {"small": False, "coarse": False}
 # `small` moved 400 LLaVA steps' time to 1,000 more vision steps in session 12 (3800 / 2500 before): its tower tells
 # shape and rank better, and its run named shapes better (docs/organism.md, "Session 12": validation 0.967 vs 0.953).
 # 3,000 steps under bf16 autocast (session 13, to fit the command in 60 minutes) missed the question bar on
@@ -134,12 +137,13 @@ def checkpoint_steps(steps: int, n: int) -> set[int]:
 def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int,
               grounded_expressions: bool = False, shuffle_inventory: bool = False,
               object_listings: float = 0.0, descriptions: dict[str, float] | None = None,
-              count_questions: float = 0.0, listing_leads: tuple[str, ...] = ("shape",)) -> dict[str, torch.Tensor]:
+              count_questions: float = 0.0, listing_leads: tuple[str, ...] = ("shape",),
+              ranked_expressions: bool = False) -> dict[str, torch.Tensor]:
     """A training batch from train scenes ``step * batch ...``; pixel_values: (batch, 3, H, W)."""
     rng = np.random.default_rng([seed, step])
     scenes = [make_scene("train", step * batch + i, seed) for i in range(batch)]
     samples = [encode(conversation(s, rng, grounded_expressions, shuffle_inventory, object_listings, descriptions,
-                                   count_questions, listing_leads),
+                                   count_questions, listing_leads, ranked_expressions),
                       processor.tokenizer, n_image_tokens)
                for s in scenes]
     out = collate(samples, processor.tokenizer.pad_token_id)
@@ -153,7 +157,8 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
               rank_target: bool | None = None, shuffle_inventory: bool | None = None,
               object_listings: float | None = None, descriptions: dict[str, float] | None = None,
               count_questions: float | None = None, listing_leads: tuple[str, ...] | None = None,
-              autocast: str = AUTOCAST, threads: Callable[[], int] | None = None) -> Path:
+              autocast: str = AUTOCAST, threads: Callable[[], int] | None = None,
+              ranked_expressions: bool | None = None) -> Path:
     """Train one variant from scratch (vision pretraining, then LLaVA); returns the ``final`` folder.
 
     ``init``: a saved organism to continue from instead (no vision pretraining; a new schedule of
@@ -167,10 +172,11 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     ``descriptions``: the probability of each description kind (``text.DESCRIPTIONS``'s keys).
     ``count_questions``: the probability that a conversation's last question counts a shape the scene has.
     ``listing_leads``: which attributes may lead a listing's items (``text.LISTING_ORDERS``' keys).
+    ``ranked_expressions``: grounded expressions give the referent's rank where colour and size cannot find it.
     ``autocast``: "bfloat16" runs the LLaVA stage's forward pass under bfloat16 autocast, "float32" without.
     ``threads``: asked before each LLaVA step, the torch CPU threads to step with (``main`` hands a finished
     job's threads to the jobs still running); the stage's steps compute the same bits on one thread or two.
-    ``None`` (steps, lr, seed, grounded_expressions, rank_target, shuffle_inventory, object_listings,
+    ``None`` (steps, lr, seed, grounded_expressions, ranked_expressions, rank_target, shuffle_inventory, object_listings,
     descriptions, count_questions, listing_leads): the variant's default.
     """
     cfg = VARIANTS[variant]
@@ -178,6 +184,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     lr = LR[variant] if lr is None else lr
     seed = SEED[variant] if seed is None else seed
     grounded_expressions = GROUNDED_EXPRESSIONS[variant] if grounded_expressions is None else grounded_expressions
+    ranked_expressions = RANKED_EXPRESSIONS[variant] if ranked_expressions is None else ranked_expressions
     vision_steps = VISION_STEPS[variant] if vision_steps is None else vision_steps
     asked_rank_target, rank_target = rank_target, RANK_TARGET[variant] if rank_target is None else rank_target
     shuffle_inventory = SHUFFLE_INVENTORY[variant] if shuffle_inventory is None else shuffle_inventory
@@ -215,7 +222,8 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     save_at = checkpoint_steps(steps, checkpoints)
     meta = {"variant": variant, "config": asdict(cfg), "steps": steps, "batch": batch, "lr": lr, "seed": seed,
             "vision_steps": vision_steps, "vision_object_patch_accuracy": vision_accuracy, "vision_lr_scale": vision_lr_scale,
-            "first_step": first, "grounded_expressions": grounded_expressions, "rank_target": rank_target,
+            "first_step": first, "grounded_expressions": grounded_expressions,
+            "ranked_expressions": ranked_expressions, "rank_target": rank_target,
             "shuffle_inventory": shuffle_inventory, "object_listings": object_listings,
             "descriptions": descriptions, "count_questions": count_questions,
             "listing_leads": list(listing_leads), "autocast": autocast,
@@ -237,7 +245,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
             log.info("%s step %d: now on %d threads", variant, step, torch.get_num_threads())
         model.train()
         inputs = lmm_batch(first + step, batch, seed, processor, n_image_tokens, grounded_expressions, shuffle_inventory,
-                           object_listings, descriptions, count_questions, listing_leads)
+                           object_listings, descriptions, count_questions, listing_leads, ranked_expressions)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast == "bfloat16"):
             loss = model(**{k: v.to(device) for k, v in inputs.items()}).loss
         optimizer_step(loss, opt, [p for group in groups for p in group["params"]])
@@ -323,7 +331,7 @@ def _job(name: str, args: argparse.Namespace) -> Path:
         return train_lmm(name, args.out, args.steps, args.batch, args.lr, args.seed, args.checkpoints, args.vision_steps,
                          args.init, args.vision_lr_scale, args.device, args.grounded_expressions, args.rank_target,
                          args.shuffle_inventory, args.object_listings, args.descriptions, args.count_questions,
-                         args.listing_leads, args.autocast, threads)
+                         args.listing_leads, args.autocast, threads, args.ranked_expressions)
     finally:
         if _unfinished is not None:
             with _unfinished.get_lock():
@@ -389,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="follow each training referring expression with its referent's colour and size words that it "
                         "does not say, so that its own tokens must find the referent (docs/organism.md, session 6; "
                         f"default per variant {GROUNDED_EXPRESSIONS})")
+    p.add_argument("--ranked-expressions", action=argparse.BooleanOptionalAction, default=None,
+                   help="grounded expressions that say both attributes, and relational ones, give their referent's rank "
+                        "left to right first ('the large red cross two'), which colour and size cannot replace "
+                        f"(default per variant {RANKED_EXPRESSIONS})")
     p.add_argument("--rank-target", action=argparse.BooleanOptionalAction, default=None,
                    help="vision pretraining also teaches each object patch its owner's rank left to right, the order "
                         f"captions follow (docs/organism.md, session 8; default per variant {RANK_TARGET})")
