@@ -58,7 +58,9 @@ def _record(args: argparse.Namespace) -> int:
 
     backbone = _backbone(args)
     # Not the data: several datasets may be recorded into one store (the paper's training mixture).
-    config = {"backbone": args.backbone, "instruction": backbone.instruction, "pooling": args.pooling}
+    config = {"backbone": args.backbone, "instruction": backbone.instruction}
+    if args.pooling != "mean":  # the paper's mean goes unsaid: stores recorded before --pooling still resume
+        config["pooling"] = args.pooling
     store = Store.create(args.store, config, maps_dtype=args.maps_dtype, exist_ok=True)
     # torchrun and accelerate launch set RANK and WORLD_SIZE; each rank writes its own shards.
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -122,7 +124,7 @@ def _fit(args: argparse.Namespace) -> int:
     store = Store.open(args.store)
     config = FitConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, maps=args.maps,
-        # stores recorded before `record --pooling` existed say nothing: they were all mean-pooled
+        # a store that names no pooling was mean-pooled (`record` leaves the paper's default unsaid)
         pooling=store.config.get("pooling", "mean"),
         use_refiner=not args.no_refiner, use_text=not args.no_text, base_channels=args.base_channels,
         long_side=args.long_side,

@@ -37,8 +37,12 @@ def test_record_last_pooling_then_fit_follows_the_store(tmp_path, capsys):
     assert not torch.equal(direct.maps["global"], mean.maps["global"])  # multi-token phrases differ
 
     # A resumed job with another pooling would mix two recordings in one store: refused.
+    # (A mean-pooled store names no pooling, as the stores recorded before the option did.)
     with pytest.raises(ValueError, match="another config"):
         main(["record", "--data", DATA, "--store", str(store_dir), "--pooling", "mean"])
+
+    assert main(["record", "--data", DATA, "--store", str(tmp_path / "mean")]) == 0
+    assert "pooling" not in Store.open(tmp_path / "mean").config
 
     assert main(["fit", "--store", str(store_dir), "--data", DATA, "--out", str(tmp_path / "fit"), "--no-refiner",
                  "--epochs", "1", "--base-channels", "8", "--long-side", "32"]) == 0
