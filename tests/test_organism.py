@@ -327,6 +327,11 @@ def test_recipe_options_refuse_bad_values(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--sam-steps", "0", "--count-questions", "-0.1"])
     assert "--count-questions: P is a probability" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # ranking words that are not appended would be a silent no-op
+        main(["--out", str(tmp_path), "--sam-steps", "0", "--ranked-expressions", "--no-grounded-expressions"])
+    assert "drop --no-grounded-expressions" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="needs grounded_expressions"):
+        train_lmm("small", tmp_path, steps=1, grounded_expressions=False, ranked_expressions=True)
     assert not any(tmp_path.iterdir()), "nothing is trained"
 
 
@@ -384,7 +389,7 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
               "--jobs", "1", "--device", "cpu"]
     assert main(["--out", str(tmp_path / "default"), "--variants", "coarse", "small", *common]) == 0
     assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", "--seed", "5",
-                 "--no-grounded-expressions", "--ranked-expressions", "--rank-target", "--shuffle-inventory", "--object-listings", "0.5",
+                 "--no-grounded-expressions", "--rank-target", "--shuffle-inventory", "--object-listings", "0.5",
                  "--count-questions", "0.3", "--listing-leads", "colour", "shape",
                  "--descriptions", "inventory=0.2", "expression=0.3", "caption=0.4", "narrative=0.1", "--autocast", "bfloat16",
                  *common]) == 0
@@ -397,8 +402,10 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
     assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v], RANKED_EXPRESSIONS[v], RANK_TARGET[v], SHUFFLE_INVENTORY[v],
                                        OBJECT_LISTINGS[v], list(DESCRIPTION_MIX[v].items()), COUNT_QUESTIONS[v],
                                        list(LISTING_LEADS[v]), AUTOCAST) for v in ("coarse", "small")} | \
-        {("given", "coarse"): (2e-4, 5, False, True, True, True, 0.5, mix, 0.3, ["colour", "shape"], "bfloat16")}
+        {("given", "coarse"): (2e-4, 5, False, False, True, True, 0.5, mix, 0.3, ["colour", "shape"], "bfloat16")}
     assert "rank" in recorded["given", "coarse"]["vision_object_patch_accuracy"], "the rank head was trained and scored"
+    assert main(["--out", str(tmp_path / "ranked"), "--variants", "coarse", "--ranked-expressions", *common]) == 0
+    assert json.loads((tmp_path / "ranked" / "coarse" / "final" / "training.json").read_text())["ranked_expressions"] is True
     assert all(len({d[v] for v in VARIANTS}) == 2 for d in (LR, RANK_TARGET, SHUFFLE_INVENTORY, OBJECT_LISTINGS))
     environment = recorded["default", "small"]["environment"]
     assert environment["torch"] == torch.__version__ and environment["threads"] == 1  # --threads' default

@@ -185,6 +185,8 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     seed = SEED[variant] if seed is None else seed
     grounded_expressions = GROUNDED_EXPRESSIONS[variant] if grounded_expressions is None else grounded_expressions
     ranked_expressions = RANKED_EXPRESSIONS[variant] if ranked_expressions is None else ranked_expressions
+    if ranked_expressions and not grounded_expressions:
+        raise ValueError("ranked_expressions ranks the words grounded expressions append: it needs grounded_expressions=True.")
     vision_steps = VISION_STEPS[variant] if vision_steps is None else vision_steps
     asked_rank_target, rank_target = rank_target, RANK_TARGET[variant] if rank_target is None else rank_target
     shuffle_inventory = SHUFFLE_INVENTORY[variant] if shuffle_inventory is None else shuffle_inventory
@@ -428,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.descriptions is not None:
         args.descriptions = _description_mix(args.descriptions, p)
+    if args.ranked_expressions and args.grounded_expressions is False:
+        p.error("--ranked-expressions ranks the words grounded expressions append: drop --no-grounded-expressions")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     names = list(args.variants) + (["sam"] if args.sam_steps > 0 else [])
     if args.jobs <= 1 or len(names) <= 1:
