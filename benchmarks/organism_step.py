@@ -23,7 +23,7 @@ import torch
 
 from flmm_probe.data.shapes import IMAGE_SIZE
 from flmm_probe.organism.build import VARIANTS, build_lmm, build_processor
-from flmm_probe.organism.train import COUNT_QUESTIONS, GROUNDED_EXPRESSIONS, LISTING_LEADS, OBJECT_LISTINGS, SHUFFLE_INVENTORY, lmm_batch
+from flmm_probe.organism.train import lmm_batch, text_recipe
 from flmm_probe.organism.vision import optimizer_step
 
 
@@ -44,9 +44,7 @@ class Trainer:
     def step(self, step: int) -> float:
         """Seconds of one training step, batch making included."""
         start = time.perf_counter()
-        inputs = lmm_batch(step, 32, 1, self.processor, self.n_image_tokens, GROUNDED_EXPRESSIONS[self.variant],
-                           SHUFFLE_INVENTORY[self.variant], OBJECT_LISTINGS[self.variant], None,
-                           COUNT_QUESTIONS[self.variant], LISTING_LEADS[self.variant])
+        inputs = lmm_batch(step, 32, 1, self.processor, self.n_image_tokens, text_recipe(self.variant))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
             loss = self.model(**inputs).loss
         optimizer_step(loss, self.opt, self.params)

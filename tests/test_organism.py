@@ -41,13 +41,13 @@ from flmm_probe.organism.evaluate import (
     teacher_forced_accuracy,
 )
 from flmm_probe.organism.sam import box_miou, load_sam, save_sam, saved_sam_config
-from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, conversation, encode, grounded_expression, object_listing,
-                                      shuffled_inventory)
+from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, TextRecipe, conversation, encode, grounded_expression,
+                                      object_listing, shuffled_inventory)
 from flmm_probe.organism import text, train
 from flmm_probe.organism.train import (AUTOCAST, BATCH, COUNT_QUESTIONS, DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LISTING_LEADS,
-                                       LMM_STEPS, LR, OBJECT_LISTINGS, RANK_TARGET, RANKED_EXPRESSIONS, SAM_BATCH, SAM_LR, SAM_STEPS, SEED,
+                                       LMM_STEPS, LR, OBJECT_LISTINGS, RANK_TARGET, RANKED_EXPRESSIONS, RELATIONAL_EXPRESSIONS, SAM_BATCH, SAM_LR, SAM_STEPS, SEED,
                                        SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, lmm_batch, main, shared_threads,
-                                       train_lmm)
+                                       text_recipe, train_lmm)
 from flmm_probe.organism.vision import ATTRIBUTES, RANK, object_patch_accuracy, optimizer_step, patch_labels
 
 # A fixed held-out set: the first 100 scenes of the test split (seed 0).
@@ -196,7 +196,7 @@ def test_grounded_expression_appends_what_it_does_not_say_about_its_referent():
             assert tail == [o.colour, o.size]
     # The option changes the expression turns' answers and nothing else: same draws, same other turns.
     bare = [conversation(scene, np.random.default_rng(k)) for k in range(300)]
-    grounded = [conversation(scene, np.random.default_rng(k), grounded_expressions=True) for k in range(300)]
+    grounded = [conversation(scene, np.random.default_rng(k), TextRecipe(grounded_expressions=True)) for k in range(300)]
     expressions = {e.text: grounded_expression(scene, e) for e in scene.expressions}
     changed = [(b, g) for b, g in zip(bare, grounded) if b != g]
     assert changed and all(b[1:] == g[1:] and g[0] == (b[0][0], expressions[b[0][1]]) for b, g in changed)
@@ -220,11 +220,46 @@ def test_ranked_expressions_give_the_rank_where_colour_and_size_cannot_find_the_
                 seen.add(e.kind)
     assert seen == {"relational", "both attributes", "attribute", "superlative"}
     scene = next(s for s in scenes if any(e.kind == "relational" for e in s.expressions))
-    plain = [conversation(scene, np.random.default_rng(k), grounded_expressions=True) for k in range(200)]
-    ranked = [conversation(scene, np.random.default_rng(k), grounded_expressions=True, ranked_expressions=True)
+    plain = [conversation(scene, np.random.default_rng(k), TextRecipe(grounded_expressions=True)) for k in range(200)]
+    ranked = [conversation(scene, np.random.default_rng(k), TextRecipe(grounded_expressions=True, ranked_expressions=True))
               for k in range(200)]
     changed = [(a, b) for a, b in zip(plain, ranked) if a != b]
     assert changed and all(a[1:] == b[1:] for a, b in changed), "the same draws; only expression answers change"
+
+
+def test_relational_expressions_option_draws_them_where_a_scene_has_them():
+    scenes = [make_scene("train", i) for i in range(40)]
+    with_relational = next(s for s in scenes if 0 < sum(e.kind == "relational" for e in s.expressions) < len(s.expressions))
+    without = next(s for s in scenes if s.expressions and all(e.kind != "relational" for e in s.expressions))
+    recipe = {"grounded_expressions": True}
+    for scene in (with_relational, without):
+        plain = [conversation(scene, np.random.default_rng(k), TextRecipe(**recipe)) for k in range(300)]
+        assert plain == [conversation(scene, np.random.default_rng(k), TextRecipe(**recipe, relational_expressions=0.0))
+                         for k in range(300)], "at 0 no draw is made: the default texts stay"
+    relational = {grounded_expression(with_relational, e) for e in with_relational.expressions if e.kind == "relational"}
+    expression_turns = {grounded_expression(with_relational, e) for e in with_relational.expressions}
+    said = {p: [c[0][1] for c in (conversation(with_relational, np.random.default_rng(k), TextRecipe(**recipe, relational_expressions=p))
+                                  for k in range(400)) if c[0][1] in expression_turns] for p in (0.0, 0.5, 1.0)}
+    share = {p: sum(t in relational for t in turns) / len(turns) for p, turns in said.items()}
+    assert share[1.0] == 1.0 and share[0.0] < share[0.5] < 1.0, share
+    assert all(len(turns) > 30 for turns in said.values()), "the option changes which expression, not how often"
+    # A scene without relational expressions gets the same texts, whatever the option says.
+    assert [conversation(without, np.random.default_rng(k), TextRecipe(**recipe)) for k in range(100)] == \
+        [conversation(without, np.random.default_rng(k), TextRecipe(**recipe, relational_expressions=1.0)) for k in range(100)]
+
+
+def test_text_recipe_refuses_what_it_cannot_mean():
+    with pytest.raises(ValueError, match="needs grounded_expressions"):
+        TextRecipe(ranked_expressions=True)
+    with pytest.raises(ValueError, match="relational_expressions is a probability"):
+        TextRecipe(relational_expressions=1.5)
+    with pytest.raises(ValueError, match="listing_leads are some of"):
+        TextRecipe(listing_leads=("texture",))
+    with pytest.raises(ValueError, match="in that order"):
+        TextRecipe(descriptions={"caption": 1.0})
+    with pytest.raises(TypeError, match="does not know"):
+        text_recipe("small", relational=0.5)
+    assert text_recipe("small", object_listings=None) == text_recipe("small"), "None keeps the variant's default"
 
 
 def test_shuffled_inventory_names_the_same_objects_in_random_orders():
@@ -237,7 +272,7 @@ def test_shuffled_inventory_names_the_same_objects_in_random_orders():
     assert shuffled_inventory(scene, np.random.default_rng(7)) == shuffled_inventory(scene, np.random.default_rng(7))
     # The option changes the inventory turns' answers and nothing else.
     plain = [conversation(scene, np.random.default_rng(k)) for k in range(200)]
-    shuffled = [conversation(scene, np.random.default_rng(k), shuffle_inventory=True) for k in range(200)]
+    shuffled = [conversation(scene, np.random.default_rng(k), TextRecipe(shuffle_inventory=True)) for k in range(200)]
     assert any(p[0][0] == LIST_OBJECTS and p != s for p, s in zip(plain, shuffled))
     assert all(p == s for p, s in zip(plain, shuffled) if p[0][0] != LIST_OBJECTS)
 
@@ -258,9 +293,9 @@ def test_object_listings_name_every_object_shape_first_in_random_orders():
     assert tokenizer.unk_token_id not in tokenizer(listings[0])["input_ids"], "the listing's words are in the vocabulary"
     # The option changes caption turns only, and with probability 0 it draws nothing: the default texts stay.
     plain = [conversation(scene, np.random.default_rng(k)) for k in range(300)]
-    assert plain == [conversation(scene, np.random.default_rng(k), object_listings=0.0) for k in range(300)]
-    always = [conversation(scene, np.random.default_rng(k), object_listings=1.0) for k in range(300)]
-    half = [conversation(scene, np.random.default_rng(k), object_listings=0.5) for k in range(300)]
+    assert plain == [conversation(scene, np.random.default_rng(k), TextRecipe(object_listings=0.0)) for k in range(300)]
+    always = [conversation(scene, np.random.default_rng(k), TextRecipe(object_listings=1.0)) for k in range(300)]
+    half = [conversation(scene, np.random.default_rng(k), TextRecipe(object_listings=0.5)) for k in range(300)]
     captioned = [(p, a) for p, a in zip(plain, always) if p[0][1] == scene.caption]
     assert captioned and all(a[0][0] == NAME_OBJECTS and _listed(a[0][1]) == objects for p, a in captioned)
     assert all(p == a for p, a in zip(plain, always) if p[0][1] != scene.caption)
@@ -288,9 +323,9 @@ def test_count_questions_count_shapes_the_scene_has():
     scene = make_scene("train", 3)  # four objects, two of them alike
     counts = {PLURALS[o.shape]: NUMBERS[sum(p.shape == o.shape for p in scene.objects)] for o in scene.objects}
     plain = [conversation(scene, np.random.default_rng(k)) for k in range(300)]
-    assert plain == [conversation(scene, np.random.default_rng(k), count_questions=0.0) for k in range(300)]
-    always = [conversation(scene, np.random.default_rng(k), count_questions=1.0) for k in range(300)]
-    half = [conversation(scene, np.random.default_rng(k), count_questions=0.5) for k in range(300)]
+    assert plain == [conversation(scene, np.random.default_rng(k), TextRecipe(count_questions=0.0)) for k in range(300)]
+    always = [conversation(scene, np.random.default_rng(k), TextRecipe(count_questions=1.0)) for k in range(300)]
+    half = [conversation(scene, np.random.default_rng(k), TextRecipe(count_questions=0.5)) for k in range(300)]
     asked = [a[-1] for a in always]
     assert all(q == f"how many {plural} are there?" and counts[plural] == answer
                for q, answer in asked for plural in [q.split()[2]]), "a shape the scene has, rightly counted"
@@ -307,11 +342,12 @@ def test_description_mix_option_draws_like_a_patched_default(monkeypatch):
     # runs/s9/mix.py), and change only which description opens a conversation.
     mix = {"caption": 0.4, "narrative": 0.1, "expression": 0.3, "inventory": 0.2}
     scenes = [make_scene("train", i) for i in range(40)]
-    given = [conversation(s, np.random.default_rng(i), True, True, 0.5, descriptions=mix) for i, s in enumerate(scenes)]
+    recipe = {"grounded_expressions": True, "shuffle_inventory": True, "object_listings": 0.5}
+    given = [conversation(s, np.random.default_rng(i), TextRecipe(**recipe, descriptions=mix)) for i, s in enumerate(scenes)]
     monkeypatch.setattr(text, "DESCRIPTIONS", mix)
-    assert given == [conversation(s, np.random.default_rng(i), True, True, 0.5) for i, s in enumerate(scenes)]
+    assert given == [conversation(s, np.random.default_rng(i), TextRecipe(**recipe)) for i, s in enumerate(scenes)]
     monkeypatch.undo()
-    default = [conversation(s, np.random.default_rng(i), True, True, 0.5) for i, s in enumerate(scenes)]
+    default = [conversation(s, np.random.default_rng(i), TextRecipe(**recipe)) for i, s in enumerate(scenes)]
     assert given != default
 
 
@@ -331,7 +367,7 @@ def test_recipe_options_refuse_bad_values(tmp_path, capsys):
         main(["--out", str(tmp_path), "--sam-steps", "0", "--ranked-expressions", "--no-grounded-expressions"])
     assert "drop --no-grounded-expressions" in capsys.readouterr().err
     with pytest.raises(ValueError, match="needs grounded_expressions"):
-        train_lmm("small", tmp_path, steps=1, grounded_expressions=False, ranked_expressions=True)
+        train_lmm("small", tmp_path, steps=1, recipe=text_recipe("small", grounded_expressions=False, ranked_expressions=True))
     assert not any(tmp_path.iterdir()), "nothing is trained"
 
 
@@ -390,19 +426,20 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
     assert main(["--out", str(tmp_path / "default"), "--variants", "coarse", "small", *common]) == 0
     assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", "--seed", "5",
                  "--no-grounded-expressions", "--rank-target", "--shuffle-inventory", "--object-listings", "0.5",
-                 "--count-questions", "0.3", "--listing-leads", "colour", "shape",
+                 "--count-questions", "0.3", "--listing-leads", "colour", "shape", "--relational-expressions", "0.5",
                  "--descriptions", "inventory=0.2", "expression=0.3", "caption=0.4", "narrative=0.1", "--autocast", "bfloat16",
                  *common]) == 0
     recorded = {(run, v): json.loads((tmp_path / run / v / "final" / "training.json").read_text())
                 for run, v in (("default", "coarse"), ("default", "small"), ("given", "coarse"))}
-    recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"], r["ranked_expressions"], r["rank_target"], r["shuffle_inventory"], r["object_listings"],
-                  list(r["descriptions"].items()), r["count_questions"], r["listing_leads"], r["autocast"])
+    recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"], r["ranked_expressions"], r["relational_expressions"], r["rank_target"],
+                  r["shuffle_inventory"], r["object_listings"], list(r["descriptions"].items()), r["count_questions"], r["listing_leads"],
+                  r["autocast"])
               for k, r in recorded.items()}
     mix = [("caption", 0.4), ("narrative", 0.1), ("expression", 0.3), ("inventory", 0.2)]  # in DESCRIPTIONS' order
-    assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v], RANKED_EXPRESSIONS[v], RANK_TARGET[v], SHUFFLE_INVENTORY[v],
-                                       OBJECT_LISTINGS[v], list(DESCRIPTION_MIX[v].items()), COUNT_QUESTIONS[v],
-                                       list(LISTING_LEADS[v]), AUTOCAST) for v in ("coarse", "small")} | \
-        {("given", "coarse"): (2e-4, 5, False, False, True, True, 0.5, mix, 0.3, ["colour", "shape"], "bfloat16")}
+    assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v], RANKED_EXPRESSIONS[v], RELATIONAL_EXPRESSIONS[v],
+                                       RANK_TARGET[v], SHUFFLE_INVENTORY[v], OBJECT_LISTINGS[v], list(DESCRIPTION_MIX[v].items()),
+                                       COUNT_QUESTIONS[v], list(LISTING_LEADS[v]), AUTOCAST) for v in ("coarse", "small")} | \
+        {("given", "coarse"): (2e-4, 5, False, False, 0.5, True, True, 0.5, mix, 0.3, ["colour", "shape"], "bfloat16")}
     assert "rank" in recorded["given", "coarse"]["vision_object_patch_accuracy"], "the rank head was trained and scored"
     assert main(["--out", str(tmp_path / "ranked"), "--variants", "coarse", "--ranked-expressions", *common]) == 0
     assert json.loads((tmp_path / "ranked" / "coarse" / "final" / "training.json").read_text())["ranked_expressions"] is True
@@ -445,8 +482,7 @@ def _llava_steps(variant: str, threads: int, steps: int = 2) -> list[torch.Tenso
     try:
         for step in range(steps):
             inputs = lmm_batch(step, BATCH, 1, processor, (IMAGE_SIZE // VARIANTS[variant].patch) ** 2,
-                               GROUNDED_EXPRESSIONS[variant], SHUFFLE_INVENTORY[variant], OBJECT_LISTINGS[variant], None,
-                               COUNT_QUESTIONS[variant], LISTING_LEADS[variant])
+                               text_recipe(variant))
             optimizer_step(model(**inputs).loss, opt, params)
     finally:
         torch.set_num_threads(before)
@@ -526,11 +562,13 @@ def test_shipped_models_were_trained_with_the_defaults(variant):
     # Options newer than a shipped model are missing from its training.json: it was trained without them.
     meta = json.loads((WEIGHTS_DIR / variant / "training.json").read_text())
     assert (meta["steps"], meta["lr"], meta["vision_steps"], meta["vision_lr_scale"], meta["seed"], meta["init"],
-            meta.get("grounded_expressions", False), meta.get("ranked_expressions", False), meta.get("rank_target", False), meta.get("shuffle_inventory", False),
+            meta.get("grounded_expressions", False), meta.get("ranked_expressions", False), meta.get("relational_expressions", 0.0),
+            meta.get("rank_target", False), meta.get("shuffle_inventory", False),
             meta.get("object_listings", 0.0), meta.get("descriptions", DESCRIPTIONS), meta.get("count_questions", 0.0),
             meta.get("listing_leads", ["shape"]), meta.get("autocast", "float32")) == \
         (LMM_STEPS[variant], LR[variant], VISION_STEPS[variant], VISION_LR_SCALE, SEED[variant], None,
-         GROUNDED_EXPRESSIONS[variant], RANKED_EXPRESSIONS[variant], RANK_TARGET[variant], SHUFFLE_INVENTORY[variant], OBJECT_LISTINGS[variant],
+         GROUNDED_EXPRESSIONS[variant], RANKED_EXPRESSIONS[variant], RELATIONAL_EXPRESSIONS[variant], RANK_TARGET[variant],
+         SHUFFLE_INVENTORY[variant], OBJECT_LISTINGS[variant],
          DESCRIPTION_MIX[variant], COUNT_QUESTIONS[variant],
          list(LISTING_LEADS[variant]), AUTOCAST)
 

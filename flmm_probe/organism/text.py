@@ -2,13 +2,15 @@
 
 A sample is one conversation about one scene: a description turn (caption, narrative or referring
 expression after the F-LMM instruction ``DESCRIBE``, the inventory after ``LIST_OBJECTS``, or, as an
-option, the objects named shape or colour first in a random order after ``NAME_OBJECTS``) followed by
-questions, or questions alone.
+option, the objects named shape, colour or size first in a random order after ``NAME_OBJECTS``) followed by
+questions, or questions alone; a ``TextRecipe`` says which of these an organism is trained on.
 Token ids are built turn by turn with the word-level tokenizer, which gives exactly the ids that
 ``processor(text=apply_chat_template(...))`` gives (tests check this); the loss covers answers + "</s>".
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -88,41 +90,71 @@ def object_listing(scene: Scene, rng: np.random.Generator, leads: tuple[str, ...
     return ", ".join(" ".join(getattr(o, attribute) for attribute in order) for o in objects) + "."
 
 
-def conversation(scene: Scene, rng: np.random.Generator, grounded_expressions: bool = False,
-                 shuffle_inventory: bool = False, object_listings: float = 0.0,
-                 descriptions: dict[str, float] | None = None, count_questions: float = 0.0,
-                 listing_leads: tuple[str, ...] = ("shape",), ranked_expressions: bool = False) -> list[tuple[str, str]]:
-    """(instruction, answer) turns of one sampled conversation about ``scene``.
+@dataclass(frozen=True)
+class TextRecipe:
+    """What an organism's training conversations say (``conversation``); the defaults are the plainest texts.
 
     ``grounded_expressions``: an expression turn answers ``grounded_expression(...)``, not the bare text;
     ``ranked_expressions``: with the referent's rank where colour and size cannot find it (its ``ranked``).
+    ``relational_expressions``: the probability that an expression turn about a scene with relational
+    expressions says one of them (0: the expression is drawn among all of the scene's, and no draw is made).
     ``shuffle_inventory``: an inventory turn answers ``shuffled_inventory(...)``.
     ``object_listings``: the probability that a caption turn becomes ``(NAME_OBJECTS, object_listing(...))``
     (0: never, and no random draw is made for it); ``listing_leads``: which attribute may lead its items.
-    ``descriptions``: the probability of each description kind, keys and order as ``DESCRIPTIONS`` (the default).
+    ``descriptions``: the probability of each description kind, keys and order as ``DESCRIPTIONS``.
     ``count_questions``: the probability that the last question becomes "how many crosses are there?" about a
     shape the scene has (drawn object by object, so larger counts come more often); a scene's own count
     question asks about any shape, and more than half of them answer "zero" (0: never, and no draw is made).
     """
+
+    grounded_expressions: bool = False
+    ranked_expressions: bool = False
+    relational_expressions: float = 0.0
+    shuffle_inventory: bool = False
+    object_listings: float = 0.0
+    listing_leads: tuple[str, ...] = ("shape",)
+    descriptions: dict[str, float] = field(default_factory=lambda: dict(DESCRIPTIONS))
+    count_questions: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.ranked_expressions and not self.grounded_expressions:
+            raise ValueError("ranked_expressions ranks the words grounded expressions append: "
+                             "it needs grounded_expressions=True.")
+        for name in ("relational_expressions", "object_listings", "count_questions"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a probability between 0 and 1, not {getattr(self, name)}.")
+        if not self.listing_leads or not set(self.listing_leads) <= set(LISTING_ORDERS):
+            raise ValueError(f"listing_leads are some of {list(LISTING_ORDERS)}, not {self.listing_leads}.")
+        if list(self.descriptions) != list(DESCRIPTIONS):
+            raise ValueError(f"descriptions gives a probability to each of {list(DESCRIPTIONS)}, in that order.")
+
+
+def conversation(scene: Scene, rng: np.random.Generator, recipe: TextRecipe | None = None) -> list[tuple[str, str]]:
+    """(instruction, answer) turns of one sampled conversation about ``scene``, as ``recipe`` (default: ``TextRecipe()``) says."""
+    recipe = TextRecipe() if recipe is None else recipe
     turns = []
     if rng.random() < DESCRIBE_FIRST:
-        mix = DESCRIPTIONS if descriptions is None else descriptions
-        kind = rng.choice(list(mix), p=list(mix.values()))
+        kind = rng.choice(list(recipe.descriptions), p=list(recipe.descriptions.values()))
         if kind == "expression" and scene.expressions:
-            expression = scene.expressions[int(rng.integers(len(scene.expressions)))]
-            turns.append((DESCRIBE, grounded_expression(scene, expression, ranked_expressions) if grounded_expressions
-                           else expression.text))
+            expressions = scene.expressions
+            if recipe.relational_expressions > 0:
+                relational = [e for e in expressions if e.kind == "relational"]
+                if relational and rng.random() < recipe.relational_expressions:
+                    expressions = relational
+            expression = expressions[int(rng.integers(len(expressions)))]
+            turns.append((DESCRIBE, grounded_expression(scene, expression, recipe.ranked_expressions)
+                          if recipe.grounded_expressions else expression.text))
         elif kind == "inventory":
-            turns.append((LIST_OBJECTS, shuffled_inventory(scene, rng) if shuffle_inventory else scene.inventory))
+            turns.append((LIST_OBJECTS, shuffled_inventory(scene, rng) if recipe.shuffle_inventory else scene.inventory))
         elif kind == "narrative":
             turns.append((DESCRIBE, scene.narrative))
-        elif object_listings > 0 and rng.random() < object_listings:
-            turns.append((NAME_OBJECTS, object_listing(scene, rng, listing_leads)))
+        elif recipe.object_listings > 0 and rng.random() < recipe.object_listings:
+            turns.append((NAME_OBJECTS, object_listing(scene, rng, recipe.listing_leads)))
         else:
             turns.append((DESCRIBE, scene.caption))
     n_questions = QUESTIONS_AFTER_DESCRIPTION if turns else QUESTIONS_ALONE
     questions = [scene.qa[i] for i in rng.permutation(len(scene.qa))[:n_questions]]
-    if count_questions > 0 and rng.random() < count_questions:
+    if recipe.count_questions > 0 and rng.random() < recipe.count_questions:
         questions[-1] = count_question(scene.objects, scene.objects[int(rng.integers(len(scene.objects)))].shape)
     return turns + [(q.question, q.answer) for q in questions]
 

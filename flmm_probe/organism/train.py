@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from flmm_probe.data.shapes import IMAGE_SIZE, make_scene
 from flmm_probe.organism.build import VARIANTS, SamConfig, build_lmm, build_processor, build_sam
 from flmm_probe.organism.evaluate import teacher_forced_accuracy
 from flmm_probe.organism.sam import load_sam, sam_loss_on_batch, save_sam, saved_sam_config
-from flmm_probe.organism.text import DESCRIPTIONS, LISTING_ORDERS, collate, conversation, encode
+from flmm_probe.organism.text import DESCRIPTIONS, LISTING_ORDERS, TextRecipe, collate, conversation, encode
 from flmm_probe.organism.vision import optimizer_step, pretrain_vision
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,9 @@ GROUNDED_EXPRESSIONS = {"small": True, "coarse": True}
 # Grounded expressions that also give the referent's rank where its colour and size cannot find it
 # (text.grounded_expression's ``ranked``: relational expressions, and those that say both attributes).
 RANKED_EXPRESSIONS = {"small": False, "coarse": False}
+# The probability that an expression turn about a scene with relational expressions says one of them
+# (uniformly drawn, they are about a tenth of the expression turns).
+RELATIONAL_EXPRESSIONS = {"small": 0.0, "coarse": 0.0}
 # `small` moved 400 LLaVA steps' time to 1,000 more vision steps in session 12 (3800 / 2500 before): its tower tells
 # shape and rank better, and its run named shapes better (docs/organism.md, "Session 12": validation 0.967 vs 0.953).
 # 3,000 steps under bf16 autocast (session 13, to fit the command in 60 minutes) missed the question bar on
@@ -134,18 +137,25 @@ def checkpoint_steps(steps: int, n: int) -> set[int]:
     return {0} | {round(steps * (k + 1) / n) for k in range(n)}
 
 
+def text_recipe(variant: str, **options) -> TextRecipe:
+    """``variant``'s training text: its defaults above, with each option given (not None) in its default's place."""
+    defaults = {"grounded_expressions": GROUNDED_EXPRESSIONS, "ranked_expressions": RANKED_EXPRESSIONS,
+                "relational_expressions": RELATIONAL_EXPRESSIONS, "shuffle_inventory": SHUFFLE_INVENTORY,
+                "object_listings": OBJECT_LISTINGS, "listing_leads": LISTING_LEADS, "descriptions": DESCRIPTION_MIX,
+                "count_questions": COUNT_QUESTIONS}
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise TypeError(f"text_recipe() got options it does not know: {sorted(unknown)}")
+    chosen = {k: default[variant] if options.get(k) is None else options[k] for k, default in defaults.items()}
+    return TextRecipe(**{**chosen, "listing_leads": tuple(chosen["listing_leads"])})
+
+
 def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int,
-              grounded_expressions: bool = False, shuffle_inventory: bool = False,
-              object_listings: float = 0.0, descriptions: dict[str, float] | None = None,
-              count_questions: float = 0.0, listing_leads: tuple[str, ...] = ("shape",),
-              ranked_expressions: bool = False) -> dict[str, torch.Tensor]:
-    """A training batch from train scenes ``step * batch ...``; pixel_values: (batch, 3, H, W)."""
+              recipe: TextRecipe | None = None) -> dict[str, torch.Tensor]:
+    """A training batch from train scenes ``step * batch ...``, texts as ``recipe`` says; pixel_values: (batch, 3, H, W)."""
     rng = np.random.default_rng([seed, step])
     scenes = [make_scene("train", step * batch + i, seed) for i in range(batch)]
-    samples = [encode(conversation(s, rng, grounded_expressions, shuffle_inventory, object_listings, descriptions,
-                                   count_questions, listing_leads, ranked_expressions),
-                      processor.tokenizer, n_image_tokens)
-               for s in scenes]
+    samples = [encode(conversation(s, rng, recipe), processor.tokenizer, n_image_tokens) for s in scenes]
     out = collate(samples, processor.tokenizer.pad_token_id)
     out["pixel_values"] = processor.image_processor(images=[s.image for s in scenes], return_tensors="pt")["pixel_values"]
     return out
@@ -153,47 +163,27 @@ def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int,
 
 def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BATCH, lr: float | None = None, seed: int | None = None,
               checkpoints: int = CHECKPOINTS, vision_steps: int | None = None, init: Path | None = None,
-              vision_lr_scale: float = VISION_LR_SCALE, device: str = "cpu", grounded_expressions: bool | None = None,
-              rank_target: bool | None = None, shuffle_inventory: bool | None = None,
-              object_listings: float | None = None, descriptions: dict[str, float] | None = None,
-              count_questions: float | None = None, listing_leads: tuple[str, ...] | None = None,
-              autocast: str = AUTOCAST, threads: Callable[[], int] | None = None,
-              ranked_expressions: bool | None = None) -> Path:
+              vision_lr_scale: float = VISION_LR_SCALE, device: str = "cpu", recipe: TextRecipe | None = None,
+              rank_target: bool | None = None, autocast: str = AUTOCAST, threads: Callable[[], int] | None = None) -> Path:
     """Train one variant from scratch (vision pretraining, then LLaVA); returns the ``final`` folder.
 
     ``init``: a saved organism to continue from instead (no vision pretraining; a new schedule of
     ``steps`` steps on train scenes after those its earlier stages used). ``device``: where the model
     trains (scenes are always made on the CPU); the shipped models were trained on the CPU.
-    ``grounded_expressions``: training expressions go on with their referent's unsaid attributes
-    (``text.grounded_expression``). ``rank_target``: vision pretraining also tells each object patch its
-    owner's left-to-right rank (``vision.RANK``). ``shuffle_inventory``: inventories list the objects in a
-    random order (``text.shuffled_inventory``). ``object_listings``: the probability that a caption turn
-    becomes a listing of the objects, shape or colour first, after its own instruction (``text.object_listing``).
-    ``descriptions``: the probability of each description kind (``text.DESCRIPTIONS``'s keys).
-    ``count_questions``: the probability that a conversation's last question counts a shape the scene has.
-    ``listing_leads``: which attributes may lead a listing's items (``text.LISTING_ORDERS``' keys).
-    ``ranked_expressions``: grounded expressions give the referent's rank where colour and size cannot find it.
-    ``autocast``: "bfloat16" runs the LLaVA stage's forward pass under bfloat16 autocast, "float32" without.
+    ``recipe``: what the training conversations say (``text.TextRecipe``; ``text_recipe(variant, ...)`` makes
+    one from the variant's defaults). ``rank_target``: vision pretraining also tells each object patch its
+    owner's left-to-right rank (``vision.RANK``). ``autocast``: "bfloat16" runs the LLaVA stage's forward pass under bfloat16 autocast, "float32" without.
     ``threads``: asked before each LLaVA step, the torch CPU threads to step with (``main`` hands a finished
     job's threads to the jobs still running); the stage's steps compute the same bits on one thread or two.
-    ``None`` (steps, lr, seed, grounded_expressions, ranked_expressions, rank_target, shuffle_inventory, object_listings,
-    descriptions, count_questions, listing_leads): the variant's default.
+    ``None`` (steps, lr, seed, recipe, rank_target): the variant's default.
     """
     cfg = VARIANTS[variant]
     steps = LMM_STEPS[variant] if steps is None else steps
     lr = LR[variant] if lr is None else lr
     seed = SEED[variant] if seed is None else seed
-    grounded_expressions = GROUNDED_EXPRESSIONS[variant] if grounded_expressions is None else grounded_expressions
-    ranked_expressions = RANKED_EXPRESSIONS[variant] if ranked_expressions is None else ranked_expressions
-    if ranked_expressions and not grounded_expressions:
-        raise ValueError("ranked_expressions ranks the words grounded expressions append: it needs grounded_expressions=True.")
+    recipe = text_recipe(variant) if recipe is None else recipe
     vision_steps = VISION_STEPS[variant] if vision_steps is None else vision_steps
     asked_rank_target, rank_target = rank_target, RANK_TARGET[variant] if rank_target is None else rank_target
-    shuffle_inventory = SHUFFLE_INVENTORY[variant] if shuffle_inventory is None else shuffle_inventory
-    object_listings = OBJECT_LISTINGS[variant] if object_listings is None else object_listings
-    descriptions = DESCRIPTION_MIX[variant] if descriptions is None else descriptions
-    count_questions = COUNT_QUESTIONS[variant] if count_questions is None else count_questions
-    listing_leads = LISTING_LEADS[variant] if listing_leads is None else tuple(listing_leads)
     torch.manual_seed(seed)
     processor = build_processor(cfg.patch)
     n_image_tokens = (IMAGE_SIZE // cfg.patch) ** 2
@@ -224,11 +214,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     save_at = checkpoint_steps(steps, checkpoints)
     meta = {"variant": variant, "config": asdict(cfg), "steps": steps, "batch": batch, "lr": lr, "seed": seed,
             "vision_steps": vision_steps, "vision_object_patch_accuracy": vision_accuracy, "vision_lr_scale": vision_lr_scale,
-            "first_step": first, "grounded_expressions": grounded_expressions,
-            "ranked_expressions": ranked_expressions, "rank_target": rank_target,
-            "shuffle_inventory": shuffle_inventory, "object_listings": object_listings,
-            "descriptions": descriptions, "count_questions": count_questions,
-            "listing_leads": list(listing_leads), "autocast": autocast,
+            "first_step": first, **asdict(recipe), "rank_target": rank_target, "autocast": autocast,
             "init": None if init is None else str(init), "environment": environment(), "threads_from_step": {}}
     val_scenes = [make_scene("val", i, seed) for i in range(EVAL_SCENES)]
     curve: list[dict] = []
@@ -246,8 +232,7 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
             meta["threads_from_step"][step] = torch.get_num_threads()
             log.info("%s step %d: now on %d threads", variant, step, torch.get_num_threads())
         model.train()
-        inputs = lmm_batch(first + step, batch, seed, processor, n_image_tokens, grounded_expressions, shuffle_inventory,
-                           object_listings, descriptions, count_questions, listing_leads, ranked_expressions)
+        inputs = lmm_batch(first + step, batch, seed, processor, n_image_tokens, recipe)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast == "bfloat16"):
             loss = model(**{k: v.to(device) for k, v in inputs.items()}).loss
         optimizer_step(loss, opt, [p for group in groups for p in group["params"]])
@@ -330,10 +315,9 @@ def _job(name: str, args: argparse.Namespace) -> Path:
             return train_sam(args.out, args.sam_steps, args.sam_batch, SAM_LR, SEED["sam"] if args.seed is None else args.seed,
                              args.sam_init)
         threads = None if _unfinished is None else lambda: shared_threads(args.threads, args.jobs, _unfinished.value)
+        recipe = text_recipe(name, **{f.name: getattr(args, f.name) for f in fields(TextRecipe)})
         return train_lmm(name, args.out, args.steps, args.batch, args.lr, args.seed, args.checkpoints, args.vision_steps,
-                         args.init, args.vision_lr_scale, args.device, args.grounded_expressions, args.rank_target,
-                         args.shuffle_inventory, args.object_listings, args.descriptions, args.count_questions,
-                         args.listing_leads, args.autocast, threads, args.ranked_expressions)
+                         args.init, args.vision_lr_scale, args.device, recipe, args.rank_target, args.autocast, threads)
     finally:
         if _unfinished is not None:
             with _unfinished.get_lock():
@@ -341,7 +325,7 @@ def _job(name: str, args: argparse.Namespace) -> Path:
 
 
 def _probability(text: str) -> float:
-    """A number in [0, 1], for ``--object-listings`` and ``--count-questions``."""
+    """A number in [0, 1], for the options that are probabilities (``--object-listings``, ...)."""
     try:
         value = float(text)
     except ValueError:
@@ -406,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rank-target", action=argparse.BooleanOptionalAction, default=None,
                    help="vision pretraining also teaches each object patch its owner's rank left to right, the order "
                         f"captions follow (docs/organism.md, session 8; default per variant {RANK_TARGET})")
+    p.add_argument("--relational-expressions", type=_probability, default=None, metavar="P",
+                   help="probability that an expression turn about a scene with relational expressions ('the red cross "
+                        "left of the blue square') says one of them rather than any of its expressions "
+                        f"(default per variant {RELATIONAL_EXPRESSIONS})")
     p.add_argument("--shuffle-inventory", action=argparse.BooleanOptionalAction, default=None,
                    help="inventories (the answers to 'Please list the objects.') name the objects in a random order, "
                         f"so that each object's colour is found by its shape word (default per variant {SHUFFLE_INVENTORY})")
@@ -415,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"so that each object's colour is found by its shape word (default per variant {OBJECT_LISTINGS})")
     p.add_argument("--listing-leads", nargs="+", choices=list(LISTING_ORDERS), default=None, metavar="ATTRIBUTE",
                    help="attributes that may lead a listing's items, each listing drawing one: shape "
-                        f"('cross red large') and/or colour ('red cross large') (default per variant {LISTING_LEADS})")
+                        f"('cross red large'), colour ('red cross large') and/or size ('large red cross') (default per variant {LISTING_LEADS})")
     p.add_argument("--count-questions", type=_probability, default=None, metavar="P",
                    help="probability that a training conversation's last question becomes 'how many crosses are there?' "
                         "about a shape the scene has (the scenes' own count questions mostly answer 'zero'; "
