@@ -1,0 +1,52 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from analyses.res_by_kind import main, res_by_kind
+
+
+def _row(task, phrase, kind, inter, union, refined=None):
+    row = {"task": task, "phrase": phrase, "kind": kind, "inter_coarse": inter, "union_coarse": union,
+           "iou_coarse": inter / union, "inter_refined": -1, "union_refined": -1, "iou_refined": np.nan}
+    if refined is not None:
+        row.update(inter_refined=refined[0], union_refined=refined[1], iou_refined=refined[0] / refined[1])
+    return row
+
+
+def test_scores_each_kind_and_attribute_count_by_hand():
+    frame = pd.DataFrame([
+        _row("res", "the cross", "attribute", 8, 10, (9, 10)),
+        _row("res", "the circle", "attribute", 2, 10, (10, 10)),
+        _row("res", "the large red cross", "attribute", 1, 4, (3, 4)),
+        _row("res", "the red cross left of the blue square", "relational", 0, 30, (0, 20)),
+        _row("png", "a red cross", None, 5, 5, (5, 5)),  # another task: left out
+    ])
+    table = res_by_kind(frame)
+    assert list(table.index) == ["attribute/1", "attribute/3", "relational", "all"]
+    assert table.loc["attribute/1", "n"] == 2
+    assert table.loc["attribute/1", "cIoU coarse"] == pytest.approx(10 / 20)
+    assert table.loc["attribute/1", "mIoU coarse"] == pytest.approx((0.8 + 0.2) / 2)
+    assert table.loc["attribute/1", "cIoU refined"] == pytest.approx(19 / 20)
+    assert table.loc["relational", "cIoU refined"] == 0.0
+    assert table.loc["all", "n"] == 4
+    assert table.loc["all", "cIoU coarse"] == pytest.approx(11 / 54)
+    assert table.loc["all", "cIoU refined"] == pytest.approx(22 / 44)
+
+
+def test_without_kinds_or_refiner_one_group_and_coarse_only():
+    frame = pd.DataFrame([_row("res", "man on the left", None, 3, 4), _row("res", "red car", None, 1, 4)])
+    table = res_by_kind(frame)
+    assert list(table.index) == ["all"] and "cIoU refined" not in table
+    assert table.loc["all", "cIoU coarse"] == pytest.approx(4 / 8)
+
+
+def test_refuses_a_table_without_expressions(tmp_path, capsys):
+    with pytest.raises(ValueError, match="needs an evaluation of a RES dataset"):
+        res_by_kind(pd.DataFrame([_row("png", "a red cross", None, 5, 5)]))
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing.parquet")])
+    assert "is not a file" in capsys.readouterr().err
+    path = tmp_path / "per_phrase.parquet"
+    pd.DataFrame([_row("res", "the cross", "attribute", 8, 10, (9, 10))]).to_parquet(path)
+    assert main([str(path)]) == 0
+    assert "attribute/1" in capsys.readouterr().out
