@@ -18,14 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from flmm_probe.data.shapes import expression_group
 from flmm_probe.evaluate import MASKS, RES_TASKS
-
-
-def expression_group(phrase: str, kind: str | None) -> str:
-    """"attribute/1".."attribute/3" (how many attributes an attribute expression says), else its kind."""
-    if kind == "attribute":
-        return f"attribute/{len(phrase.split()) - 1}"  # "the" and one word per attribute
-    return kind if isinstance(kind, str) else "all"
 
 
 def res_by_kind(per_phrase: pd.DataFrame) -> pd.DataFrame:
@@ -38,7 +32,7 @@ def res_by_kind(per_phrase: pd.DataFrame) -> pd.DataFrame:
     res = per_phrase[per_phrase["task"].isin(RES_TASKS)]
     if res.empty:
         raise ValueError("no referring expressions in this table: res_by_kind needs an evaluation of a RES dataset.")
-    groups = [expression_group(p, k) for p, k in zip(res["phrase"], res["kind"])]
+    groups = [expression_group(p, k) if isinstance(k, str) else "all" for p, k in zip(res["phrase"], res["kind"])]
     masks = [m for m in MASKS if res[f"iou_{m}"].notna().any()]
 
     def scores(rows: pd.DataFrame) -> dict[str, float]:

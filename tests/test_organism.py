@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
 from flmm_probe.data.shapes import (COLOURS, DESCRIBE, IMAGE_SIZE, LIST_OBJECTS, MAX_OBJECTS, NAME_OBJECTS, NUMBERS,
-                                    PLURALS, SHAPES, make_scene)
+                                    PLURALS, SHAPES, expression_group, make_scene)
 from flmm_probe.metrics import mask_to_grid
 from flmm_probe.organism import (
     WEIGHTS_DIR,
@@ -372,23 +372,31 @@ def test_recipe_options_refuse_bad_values(tmp_path, capsys):
 
 
 def test_expression_pointing_scores_each_expression_on_its_referent(monkeypatch):
-    # Head 0 of an oracle model looks at each expression's own referent, head 1 at the whole image: the
-    # scores must say 1.0 and the uniform baseline, with no hit on another object, for every kind.
+    # Head 0 of an oracle model: the expression's last token looks at its own referent, the tokens before it
+    # (weighted twice) at another object; head 1 at the whole image. Read by its last token, head 0 must score
+    # 1.0 with no hit on another object and head 1 the uniform baseline, for every kind; read by the mean, head
+    # 0 points at the other object.
     def oracle(model, processor, scene, answer):
         (expression,) = [e for e in scene.expressions if e.text == answer]
-        cover = mask_to_grid(expression.mask, (10, 10))
-        return torch.stack([cover, torch.ones(10, 10)])[None, None].expand(len(answer.split()), 1, 2, 10, 10)
+        other = next(o for i, o in enumerate(scene.objects) if i != expression.target)
+        n = len(answer.split())
+        head0 = torch.stack([2 * mask_to_grid(other.mask, (10, 10))] * (n - 1) + [mask_to_grid(expression.mask, (10, 10))])
+        return torch.stack([head0, torch.ones(n, 10, 10)], dim=1)[:, None]  # (token, layer, head, gy, gx)
 
     monkeypatch.setattr(evaluate, "answer_maps", oracle)
     scenes = CROWDED[:12]
-    scores = expression_pointing(None, None, scenes)
+    scores = expression_pointing(None, None, scenes, pooling="last")
     kinds = {e.kind for s in scenes for e in s.expressions}
-    assert set(scores) == {"all"} | kinds and len(kinds) == 3
+    groups = {expression_group(e.text, e.kind) for s in scenes for e in s.expressions}
+    assert set(scores) == {"all"} | kinds | groups and len(kinds) == 3 and len(groups) >= 4
     assert scores["all"].n_phrases == sum(len(s.expressions) for s in scenes) == sum(scores[k].n_phrases for k in kinds)
+    assert scores["attribute"].n_phrases == sum(scores[g].n_phrases for g in groups if g.startswith("attribute/"))
     for kind, score in scores.items():
         assert score.hit.shape == (1, 2) and score.best_head == (0, 0), kind
         assert score.hit[0, 0] == 1.0 and score.wrong_object[0, 0] == 0.0
         assert score.hit[0, 1] == pytest.approx(score.uniform)
+    mean = expression_pointing(None, None, scenes)
+    assert mean["all"].hit[0, 0] < 0.5 and mean["all"].wrong_object[0, 0] > 0.5, "the mean map points at the other object"
 
 
 def test_caption_hits_match_objects_in_any_order():
@@ -632,13 +640,15 @@ def pointing_score(pointing_words):
 
 def test_expression_pointing_of_shipped_small_is_documented(small):
     # the numbers docs/organism.md reports are the ones this code gives (same 100 crowded test scenes)
-    documented = json.loads(DOCUMENTED_SCORES.read_text())[0]["test"]["expression_pointing"]
-    scores = expression_pointing(*small, CROWDED)
-    assert set(scores) == set(documented) == {"all", "attribute", "relational", "superlative"}
-    for kind, score in scores.items():
-        assert list(score.best_head) == documented[kind]["head"], kind
-        assert score.hit[score.best_head] == pytest.approx(documented[kind]["pointing"], abs=1e-6), kind
-        assert score.n_phrases == documented[kind]["n_expressions"]
+    test = json.loads(DOCUMENTED_SCORES.read_text())[0]["test"]
+    for pooling, key in (("mean", "expression_pointing"), ("last", "expression_pointing_last")):
+        documented = test[key]
+        scores = expression_pointing(*small, CROWDED, pooling)
+        assert set(scores) == set(documented) >= {"all", "attribute", "attribute/1", "relational", "superlative"}
+        for kind, score in scores.items():
+            assert list(score.best_head) == documented[kind]["head"], (pooling, kind)
+            assert score.hit[score.best_head] == pytest.approx(documented[kind]["pointing"], abs=1e-6), (pooling, kind)
+            assert score.n_phrases == documented[kind]["n_expressions"]
 
 
 def test_pointing_by_word(pointing_words):

@@ -103,6 +103,12 @@ class Expression:
     kind: str  # "attribute" | "relational" | "superlative"
 
 
+def expression_group(text: str, kind: str) -> str:
+    """An expression's kind, attribute expressions split by how many attributes they say (the fewest that
+    single out their referent): "attribute/1" ("the cross") .. "attribute/3" ("the large red cross")."""
+    return f"attribute/{len(text.split()) - 1}" if kind == "attribute" else kind
+
+
 @dataclass
 class QA:
     question: str

@@ -11,7 +11,8 @@
   ``pointing_game`` of a flat map (the share of the grid's cells that count as inside).
   ``pointing_by_word`` scores each word of the phrase on its own (article, size, colour, shape).
 - ``expression_pointing``: the same for the referring expressions, read as F-LMM reads them (the bare
-  expression after ``DESCRIBE``, mean over its tokens), by kind (attribute, relational, superlative).
+  expression after ``DESCRIBE``, its tokens' maps pooled as ``phrases.pool``: mean, or the last token
+  alone), by kind (attribute, relational, superlative) and attribute expressions by attributes said.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
-from flmm_probe.data.shapes import COLOURS, DESCRIBE, SHAPES, SIZES, Scene, make_scene
+from flmm_probe.data.shapes import COLOURS, DESCRIBE, SHAPES, SIZES, Scene, expression_group, make_scene
 from flmm_probe.metrics import mask_to_grid, pointing_game
 from flmm_probe.organism.sam import box_miou, load_sam
 from flmm_probe.organism.text import IGNORE, collate, encode
+from flmm_probe.phrases import POOLINGS, pool
 from flmm_probe.probe import AttentionProbe
 
 _PHRASE = re.compile(rf"\ban? ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b")
@@ -214,20 +216,24 @@ def pointing_by_word(model: LlavaForConditionalGeneration, processor: LlavaProce
             for k in kinds}
 
 
-def expression_pointing(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene]) -> dict[str, Pointing]:
-    """``pointing`` of each referring expression's mean map, as F-LMM reads it: the bare expression
-    teacher-forced after ``DESCRIBE``, its tokens' maps averaged; for all expressions ("all") and by kind."""
+def expression_pointing(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene],
+                        pooling: str = "mean") -> dict[str, Pointing]:
+    """``pointing`` of each referring expression's map, as F-LMM reads it: the bare expression teacher-forced
+    after ``DESCRIBE``, its tokens' maps pooled (``phrases.pool``'s ``pooling``); for all expressions ("all"),
+    by kind, and attribute expressions also by how many attributes they say (``shapes.expression_group``)."""
     hits: dict[str, list] = {}
     wrong: dict[str, list] = {}
     uniform: dict[str, list] = {}
     for scene in scenes:
         covers = None
         for e in scene.expressions:
-            expression_map = answer_maps(model, processor, scene, e.text).mean(dim=0)  # (layer, head, gy, gx)
+            maps = answer_maps(model, processor, scene, e.text)  # (token, layer, head, gy, gx)
+            tokens = torch.arange(len(maps))  # pool merges (..., query, key) rows: (layer, head, token, gy * gx)
+            expression_map = pool(maps.flatten(-2).movedim(0, -2), [tokens], pooling)[0].unflatten(-1, maps.shape[-2:])
             if covers is None:
                 covers = [mask_to_grid(o.mask, tuple(expression_map.shape[-2:])) for o in scene.objects]
             others = [pointing_game(expression_map, c).numpy() for i, c in enumerate(covers) if i != e.target]
-            for kind in ("all", e.kind):
+            for kind in dict.fromkeys(("all", e.kind, expression_group(e.text, e.kind))):
                 hits.setdefault(kind, []).append(pointing_game(expression_map, covers[e.target]).numpy())
                 wrong.setdefault(kind, []).append(np.sum(others, axis=0) if others else np.zeros(expression_map.shape[:2]))
                 uniform.setdefault(kind, []).append(pointing_game(torch.ones(covers[0].shape), covers[e.target]).item())
@@ -236,10 +242,12 @@ def expression_pointing(model: LlavaForConditionalGeneration, processor: LlavaPr
 
 
 def report(path: str, n: int = 100, splits: tuple[str, ...] = ("test", "compositional"), seed: int = 0,
-           pointing_only: bool = False) -> dict:
+           pointing_only: bool = False, expression_poolings: tuple[str, ...] = ("mean",)) -> dict:
     """All scores of the LMM saved at ``path`` on the first ``n`` scenes of each split (JSON-ready).
 
     Captions and questions use scenes ``0..n-1``; pointing uses the first ``n`` scenes with 3+ objects.
+    Expression pointing is scored for each of ``expression_poolings``: "mean" under "expression_pointing",
+    any other under "expression_pointing_<pooling>".
     """
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(path)
@@ -266,11 +274,13 @@ def report(path: str, n: int = 100, splits: tuple[str, ...] = ("test", "composit
                                              "wrong_object": float(w.wrong_object[w.best_head])}
                                       for word, w in by_word.items() if word != "phrase"},
             "n_phrases": score.n_phrases,
-            "expression_pointing": {kind: {"head": list(e.best_head), "pointing": float(e.hit[e.best_head]),
-                                           "wrong_object": float(e.wrong_object[e.best_head]), "uniform": e.uniform,
-                                           "n_expressions": e.n_phrases}
-                                    for kind, e in expression_pointing(model, processor, crowded).items()},
         }
+        for pooling in expression_poolings:
+            key = "expression_pointing" + ("" if pooling == "mean" else f"_{pooling}")
+            out[split][key] = {kind: {"head": list(e.best_head), "pointing": float(e.hit[e.best_head]),
+                                      "wrong_object": float(e.wrong_object[e.best_head]), "uniform": e.uniform,
+                                      "n_expressions": e.n_phrases}
+                               for kind, e in expression_pointing(model, processor, crowded, pooling).items()}
     return out
 
 
@@ -281,11 +291,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=100, help="scenes per split")
     p.add_argument("--splits", nargs="+", default=["test", "compositional"])
     p.add_argument("--pointing-only", action="store_true", help="skip captions and questions")
+    p.add_argument("--expression-pooling", nargs="+", choices=POOLINGS, default=["mean"], metavar="POOLING",
+                   help=f"how an expression's token maps are merged for its pointing game, each scored: {', '.join(POOLINGS)} "
+                        "(mean, as F-LMM; last: the expression's last token alone)")
     p.add_argument("--sam", help="folder of an organism SAM to score (box-prompted mIoU)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = [report(path, args.n, tuple(args.splits), pointing_only=args.pointing_only) for path in args.paths]
+    results = [report(path, args.n, tuple(args.splits), pointing_only=args.pointing_only,
+                      expression_poolings=tuple(args.expression_pooling)) for path in args.paths]
     if args.sam:
         sam = load_sam(Path(args.sam))
         results.append({"path": args.sam, **{s: {"box_miou": box_miou(sam, [make_scene(s, i) for i in range(args.n)])} for s in args.splits}})

@@ -52,7 +52,8 @@ GROUNDED_EXPRESSIONS = {"small": True, "coarse": True}
 # (text.grounded_expression's ``ranked``: relational expressions, and those that say both attributes).
 RANKED_EXPRESSIONS = {"small": False, "coarse": False}
 # The probability that an expression turn about a scene with relational expressions says one of them
-# (uniformly drawn, they are about a tenth of the expression turns).
+# (uniformly drawn, they are about a tenth of the expression turns). At 1, in a pilot, relational
+# expressions segmented no better (refined cIoU 0.32 against 0.34; docs/organism.md, "Session 17").
 RELATIONAL_EXPRESSIONS = {"small": 0.0, "coarse": 0.0}
 # `small` moved 400 LLaVA steps' time to 1,000 more vision steps in session 12 (3800 / 2500 before): its tower tells
 # shape and rank better, and its run named shapes better (docs/organism.md, "Session 12": validation 0.967 vs 0.953).
@@ -77,7 +78,10 @@ OBJECT_LISTINGS = {"small": 0.5, "coarse": 0.0}
 # Which attribute may lead a listing's items (text.LISTING_ORDERS; each listing draws one): shape first
 # taught every `small` the lookup by shape (colour-of-shape questions 1.00 in all four session-10 seeds),
 # whereas three of those four left the lookup by colour (shape-of-colour questions) at chance; with both
-# leads, all four session-11 seeds learned both (shape-of-colour 0.97-0.98 on validation scenes).
+# leads, all four session-11 seeds learned both (shape-of-colour 0.97-0.98 on validation scenes). Size may lead
+# too (`--listing-leads shape colour size`): it segments "the large red cross" (refined cIoU 0.71 against 0.36)
+# but from scratch it lost the superlatives (0.55 against 0.76; RES 61.7 against 70.6), so `small` keeps
+# its two leads (docs/organism.md, "Session 17").
 LISTING_LEADS = {"small": ("shape", "colour"), "coarse": ("shape",)}
 # The probability that a training conversation's last question counts a shape the scene has. Scenes' own
 # count questions name any of the five shapes and answer "zero" more than half of the time, which is where
