@@ -52,8 +52,8 @@ GROUNDED_EXPRESSIONS = {"small": True, "coarse": True}
 # (text.grounded_expression's ``ranked``: relational expressions, and those that say both attributes).
 RANKED_EXPRESSIONS = {"small": False, "coarse": False}
 # The probability that an expression turn about a scene with relational expressions says one of them
-# (uniformly drawn, they are about a tenth of the expression turns). At 1, in a pilot, relational
-# expressions segmented no better (refined cIoU 0.32 against 0.34; docs/organism.md, "Session 17").
+# (drawn among all of a scene's expressions, they are 7% of the expression turns; at 1, 32%). At 1, in a
+# pilot, relational expressions segmented no better (refined cIoU 0.32 against 0.34; docs/organism.md, "Session 17").
 RELATIONAL_EXPRESSIONS = {"small": 0.0, "coarse": 0.0}
 # `small` moved 400 LLaVA steps' time to 1,000 more vision steps in session 12 (3800 / 2500 before): its tower tells
 # shape and rank better, and its run named shapes better (docs/organism.md, "Session 12": validation 0.967 vs 0.953).
@@ -176,7 +176,8 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     trains (scenes are always made on the CPU); the shipped models were trained on the CPU.
     ``recipe``: what the training conversations say (``text.TextRecipe``; ``text_recipe(variant, ...)`` makes
     one from the variant's defaults). ``rank_target``: vision pretraining also tells each object patch its
-    owner's left-to-right rank (``vision.RANK``). ``autocast``: "bfloat16" runs the LLaVA stage's forward pass under bfloat16 autocast, "float32" without.
+    owner's left-to-right rank (``vision.RANK``). ``autocast``: "bfloat16" runs the LLaVA stage's forward
+    pass under bfloat16 autocast, "float32" without.
     ``threads``: asked before each LLaVA step, the torch CPU threads to step with (``main`` hands a finished
     job's threads to the jobs still running); the stage's steps compute the same bits on one thread or two.
     ``None`` (steps, lr, seed, recipe, rank_target): the variant's default.
