@@ -42,10 +42,11 @@ from flmm_probe.organism.evaluate import (
 )
 from flmm_probe.organism.sam import box_miou, load_sam, save_sam, saved_sam_config
 from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, TextRecipe, conversation, encode, grounded_expression,
-                                      object_listing, shuffled_inventory)
+                                      object_listing, referring_questions, shuffled_inventory)
 from flmm_probe.organism import text, train
 from flmm_probe.organism.train import (AUTOCAST, BATCH, COUNT_QUESTIONS, DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LISTING_LEADS,
-                                       LMM_STEPS, LR, OBJECT_LISTINGS, RANK_TARGET, RANKED_EXPRESSIONS, RELATIONAL_EXPRESSIONS, SAM_BATCH, SAM_LR, SAM_STEPS, SEED,
+                                       LMM_STEPS, LR, OBJECT_LISTINGS, RANK_TARGET, RANKED_EXPRESSIONS, REFERRING_KINDS,
+                                       REFERRING_QUESTIONS, RELATIONAL_EXPRESSIONS, SAM_BATCH, SAM_LR, SAM_STEPS, SEED,
                                        SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, lmm_batch, main, shared_threads,
                                        text_recipe, train_lmm)
 from flmm_probe.organism.vision import ATTRIBUTES, RANK, object_patch_accuracy, optimizer_step, patch_labels
@@ -248,6 +249,50 @@ def test_relational_expressions_option_draws_them_where_a_scene_has_them():
         [conversation(without, np.random.default_rng(k), TextRecipe(**recipe, relational_expressions=1.0)) for k in range(100)]
 
 
+def test_referring_questions_ask_what_only_the_whole_expression_decides():
+    scene = make_scene("train", 1)
+    assert [(o.colour, o.shape, o.size) for o in scene.objects] == \
+        [("red", "cross", "large"), ("red", "cross", "small"), ("red", "square", "small"), ("cyan", "diamond", "large")]
+    # "the largest cross" is not asked its size (its word says it), nor any cross its colour (both are red).
+    assert [(q.question, q.answer) for q in referring_questions(scene, ("relational", "superlative"))] == \
+        [("what size is the red cross left of the diamond?", "large"), ("what size is the leftmost cross?", "large"),
+         ("what size is the rightmost cross?", "small")]
+    assert [q.question for q in referring_questions(scene, ("relational",))] == ["what size is the red cross left of the diamond?"]
+    tokenizer = build_processor(8).tokenizer
+    for scene in (make_scene("train", i) for i in range(100)):
+        by_text = {e.text: e for e in scene.expressions}
+        for q in referring_questions(scene, ("relational", "superlative")):
+            attribute, expression = q.question.removeprefix("what ").removesuffix("?").split(" is ", 1)
+            e = by_text[expression]
+            referent = scene.objects[e.target]
+            said = expression.split()[: min([expression.split().index(r) for r in text.RELATIONS if r in expression.split()] or [99])]
+            words = [w for w in said if w in {*COLOURS, *SHAPES, "small", "large"}]  # the referent's, not the anchor's
+            assert q.answer == getattr(referent, attribute) and q.answer not in words
+            fit = [o for o in scene.objects if all(w in (o.colour, o.shape, o.size) for w in words)]
+            assert len({getattr(o, attribute) for o in fit}) > 1, "the words alone leave the answer open"
+            assert tokenizer.unk_token_id not in tokenizer(f"{q.question} {q.answer}")["input_ids"]
+
+
+def test_referring_questions_option_replaces_the_first_question_where_a_scene_has_one():
+    scenes = [make_scene("train", i) for i in range(30)]
+    asking = next(s for s in scenes if referring_questions(s, ("relational",)))
+    silent = next(s for s in scenes if not referring_questions(s, ("relational", "superlative")))
+    for scene in (asking, silent):
+        plain = [conversation(scene, np.random.default_rng(k), text_recipe("small")) for k in range(200)]
+        assert plain == [conversation(scene, np.random.default_rng(k), text_recipe("small", referring_questions=0.0))
+                         for k in range(200)], "at 0 no draw is made: the default texts stay"
+    asked = {(q.question, q.answer) for q in referring_questions(asking, ("relational",))}
+    plain = [conversation(asking, np.random.default_rng(k), text_recipe("small")) for k in range(200)]
+    always = [conversation(asking, np.random.default_rng(k), text_recipe("small", referring_questions=1.0)) for k in range(200)]
+    first = [1 if len(c) == 1 + text.QUESTIONS_AFTER_DESCRIPTION else 0 for c in always]  # after the description, if any
+    for p, a, k in zip(plain, always, first):
+        assert a[k] in asked and a[:k] == p[:k] and a[k + 1:] == p[k + 1:], "only the first question changes"
+    half = [conversation(asking, np.random.default_rng(k), text_recipe("small", referring_questions=0.5)) for k in range(200)]
+    assert 60 < sum(c[k] in asked for c, k in zip(half, first)) < 140
+    assert [conversation(silent, np.random.default_rng(k), text_recipe("small")) for k in range(100)] == \
+        [conversation(silent, np.random.default_rng(k), text_recipe("small", referring_questions=1.0)) for k in range(100)]
+
+
 def test_text_recipe_refuses_what_it_cannot_mean():
     with pytest.raises(ValueError, match="needs grounded_expressions"):
         TextRecipe(ranked_expressions=True)
@@ -257,6 +302,10 @@ def test_text_recipe_refuses_what_it_cannot_mean():
         TextRecipe(listing_leads=("texture",))
     with pytest.raises(ValueError, match="in that order"):
         TextRecipe(descriptions={"caption": 1.0})
+    with pytest.raises(ValueError, match="referring_kinds are some of"):
+        TextRecipe(referring_kinds=("attribute",))
+    with pytest.raises(ValueError, match="referring_questions is a probability"):
+        TextRecipe(referring_questions=-0.1)
     with pytest.raises(TypeError, match="does not know"):
         text_recipe("small", relational=0.5)
     assert text_recipe("small", object_listings=None) == text_recipe("small"), "None keeps the variant's default"
@@ -371,6 +420,25 @@ def test_recipe_options_refuse_bad_values(tmp_path, capsys):
     assert not any(tmp_path.iterdir()), "nothing is trained"
 
 
+def test_referring_accuracy_scores_answers_by_expression_kind(monkeypatch):
+    # An oracle that answers relational expressions' questions rightly and superlatives' with the other size or
+    # colour: 1.0 and 0.0, and "all" weighs each question once.
+    scenes = [make_scene("test", i) for i in range(30)]
+    asked = {(id(s.image), q.question): q for s in scenes for q in referring_questions(s, ("relational", "superlative"))}
+    other = {"large": "small", "small": "large"} | {c: next(d for d in COLOURS if d != c) for c in COLOURS}
+
+    def oracle(model, processor, images, instructions, max_new_tokens):
+        assert len(images) == len(instructions) and max_new_tokens == 3
+        qas = [asked[id(image), question] for image, question in zip(images, instructions)]
+        return [qa.answer if qa.kind == "relational" else other[qa.answer] + " ." for qa in qas]
+
+    monkeypatch.setattr(evaluate, "generate", oracle)
+    scores = evaluate.referring_accuracy(None, None, scenes)
+    n = {k: sum(q.kind == k for q in asked.values()) for k in ("relational", "superlative")}
+    assert n["relational"] > 3 and n["superlative"] > 3
+    assert scores == {"all": pytest.approx(n["relational"] / sum(n.values())), "relational": 1.0, "superlative": 0.0}
+
+
 def test_expression_pointing_scores_each_expression_on_its_referent(monkeypatch):
     # Head 0 of an oracle model: the expression's last token looks at its own referent, the tokens before it
     # (weighted twice) at another object; head 1 at the whole image. Read by its last token, head 0 must score
@@ -435,19 +503,21 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
     assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", "--seed", "5",
                  "--no-grounded-expressions", "--rank-target", "--shuffle-inventory", "--object-listings", "0.5",
                  "--count-questions", "0.3", "--listing-leads", "colour", "shape", "--relational-expressions", "0.5",
-                 "--descriptions", "inventory=0.2", "expression=0.3", "caption=0.4", "narrative=0.1", "--autocast", "bfloat16",
+                 "--referring-questions", "0.5", "--referring-kinds", "relational", "superlative", "--descriptions", "inventory=0.2", "expression=0.3", "caption=0.4", "narrative=0.1", "--autocast", "bfloat16",
                  *common]) == 0
     recorded = {(run, v): json.loads((tmp_path / run / v / "final" / "training.json").read_text())
                 for run, v in (("default", "coarse"), ("default", "small"), ("given", "coarse"))}
     recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"], r["ranked_expressions"], r["relational_expressions"], r["rank_target"],
                   r["shuffle_inventory"], r["object_listings"], list(r["descriptions"].items()), r["count_questions"], r["listing_leads"],
-                  r["autocast"])
+                  r["autocast"], r["referring_questions"], r["referring_kinds"])
               for k, r in recorded.items()}
     mix = [("caption", 0.4), ("narrative", 0.1), ("expression", 0.3), ("inventory", 0.2)]  # in DESCRIPTIONS' order
     assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v], RANKED_EXPRESSIONS[v], RELATIONAL_EXPRESSIONS[v],
                                        RANK_TARGET[v], SHUFFLE_INVENTORY[v], OBJECT_LISTINGS[v], list(DESCRIPTION_MIX[v].items()),
-                                       COUNT_QUESTIONS[v], list(LISTING_LEADS[v]), AUTOCAST) for v in ("coarse", "small")} | \
-        {("given", "coarse"): (2e-4, 5, False, False, 0.5, True, True, 0.5, mix, 0.3, ["colour", "shape"], "bfloat16")}
+                                       COUNT_QUESTIONS[v], list(LISTING_LEADS[v]), AUTOCAST, REFERRING_QUESTIONS[v],
+                                       list(REFERRING_KINDS[v])) for v in ("coarse", "small")} | \
+        {("given", "coarse"): (2e-4, 5, False, False, 0.5, True, True, 0.5, mix, 0.3, ["colour", "shape"], "bfloat16", 0.5,
+                               ["relational", "superlative"])}
     assert "rank" in recorded["given", "coarse"]["vision_object_patch_accuracy"], "the rank head was trained and scored"
     assert main(["--out", str(tmp_path / "ranked"), "--variants", "coarse", "--ranked-expressions", *common]) == 0
     assert json.loads((tmp_path / "ranked" / "coarse" / "final" / "training.json").read_text())["ranked_expressions"] is True
@@ -573,12 +643,12 @@ def test_shipped_models_were_trained_with_the_defaults(variant):
             meta.get("grounded_expressions", False), meta.get("ranked_expressions", False), meta.get("relational_expressions", 0.0),
             meta.get("rank_target", False), meta.get("shuffle_inventory", False),
             meta.get("object_listings", 0.0), meta.get("descriptions", DESCRIPTIONS), meta.get("count_questions", 0.0),
-            meta.get("listing_leads", ["shape"]), meta.get("autocast", "float32")) == \
+            meta.get("listing_leads", ["shape"]), meta.get("autocast", "float32"), meta.get("referring_questions", 0.0)) == \
         (LMM_STEPS[variant], LR[variant], VISION_STEPS[variant], VISION_LR_SCALE, SEED[variant], None,
          GROUNDED_EXPRESSIONS[variant], RANKED_EXPRESSIONS[variant], RELATIONAL_EXPRESSIONS[variant], RANK_TARGET[variant],
          SHUFFLE_INVENTORY[variant], OBJECT_LISTINGS[variant],
          DESCRIPTION_MIX[variant], COUNT_QUESTIONS[variant],
-         list(LISTING_LEADS[variant]), AUTOCAST)
+         list(LISTING_LEADS[variant]), AUTOCAST, REFERRING_QUESTIONS[variant])
 
 
 def test_shipped_sam_was_trained_with_the_defaults():
@@ -649,6 +719,13 @@ def test_expression_pointing_of_shipped_small_is_documented(small):
             assert list(score.best_head) == documented[kind]["head"], (pooling, kind)
             assert score.hit[score.best_head] == pytest.approx(documented[kind]["pointing"], abs=1e-6), (pooling, kind)
             assert score.n_phrases == documented[kind]["n_expressions"]
+
+
+def test_referring_accuracy_of_shipped_small_is_documented(small):
+    # docs/organism.md's "Session 18": the shipped `small` answers relational questions with the anchor's size
+    documented = json.loads(DOCUMENTED_SCORES.read_text())[0]["test"]["qa_referring"]
+    assert evaluate.referring_accuracy(*small, HELD_OUT) == pytest.approx(documented, abs=1e-9)
+    assert documented["relational"] < 0.5
 
 
 def test_pointing_by_word(pointing_words):

@@ -113,7 +113,7 @@ def expression_group(text: str, kind: str) -> str:
 class QA:
     question: str
     answer: str
-    kind: str  # "colour" | "shape" | "size" | "count" | "exists"
+    kind: str  # "colour" | "shape" | "size" | "count" | "exists"; organism.text's referring questions: their expression's kind
 
 
 @dataclass

@@ -3,6 +3,8 @@
 - ``caption_accuracy``: the greedy answer to ``DESCRIBE`` is parsed into "a <size> <colour> <shape>"
   phrases, matched one-to-one with the scene's objects; an object without a phrase counts wrong.
 - ``qa_accuracy``: the first word of the greedy answer to each question, exact match.
+  ``referring_accuracy``: the same for questions that only a relational or superlative expression's whole
+  meaning answers (``text.referring_questions``: "what size is the red cross left of the blue square?").
 - ``pointing``: for each object's caption phrase (teacher-forced caption after ``DESCRIBE``), each
   head's phrase-to-image attention (recorded with ``AttentionProbe``, mean over the phrase's tokens)
   on the patch grid is scored with the project's ``pointing_game``: is the argmax cell inside the
@@ -29,10 +31,10 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
-from flmm_probe.data.shapes import COLOURS, DESCRIBE, SHAPES, SIZES, Scene, expression_group, make_scene
+from flmm_probe.data.shapes import COLOURS, DESCRIBE, QA, SHAPES, SIZES, Scene, expression_group, make_scene
 from flmm_probe.metrics import mask_to_grid, pointing_game
 from flmm_probe.organism.sam import box_miou, load_sam
-from flmm_probe.organism.text import IGNORE, collate, encode
+from flmm_probe.organism.text import IGNORE, collate, encode, referring_questions
 from flmm_probe.phrases import POOLINGS, pool
 from flmm_probe.probe import AttentionProbe
 
@@ -95,7 +97,19 @@ def caption_hits(caption: str, scene: Scene) -> dict[str, list[bool]]:
 
 def qa_accuracy(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene]) -> dict[str, float]:
     """Exact-match accuracy of the greedy one-word answers, overall and per question kind."""
-    items = [(s.image, qa) for s in scenes for qa in s.qa]
+    return _answer_accuracy(model, processor, [(s.image, qa) for s in scenes for qa in s.qa])
+
+
+def referring_accuracy(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene]) -> dict[str, float]:
+    """``qa_accuracy`` of the questions only an expression's whole meaning answers ("what size is the red cross
+    left of the blue square?", ``text.referring_questions``), overall and by the expression's kind: does the
+    organism know which object a relational or superlative expression means (chance: about one half)?"""
+    kinds = ("relational", "superlative")
+    return _answer_accuracy(model, processor, [(s.image, qa) for s in scenes for qa in referring_questions(s, kinds)])
+
+
+def _answer_accuracy(model: LlavaForConditionalGeneration, processor: LlavaProcessor,
+                     items: list[tuple[np.ndarray, QA]]) -> dict[str, float]:
     answers = generate(model, processor, [im for im, _ in items], [qa.question for _, qa in items], max_new_tokens=3)
     right: dict[str, list[bool]] = {"all": []}
     for (_, qa), answer in zip(items, answers):
@@ -261,6 +275,7 @@ def report(path: str, n: int = 100, splits: tuple[str, ...] = ("test", "composit
         out[split] = {} if pointing_only else {
             "caption": caption_accuracy(model, processor, scenes),
             "qa": qa_accuracy(model, processor, scenes),
+            "qa_referring": referring_accuracy(model, processor, scenes),
         }
         out[split] |= {
             "pointing_best_head": [layer, head],

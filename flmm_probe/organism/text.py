@@ -16,10 +16,12 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from flmm_probe.data.shapes import DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, NUMBERS, Expression, Scene, count_question
+from flmm_probe.data.shapes import (COLOURS, DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, NUMBERS, QA, SHAPES, SIZES, Expression, Scene,
+                                    count_question)
 
 IGNORE = -100
 RELATIONS = ("left", "right", "above", "below")
+ATTRIBUTE_WORDS = frozenset(COLOURS) | frozenset(SHAPES) | frozenset(SIZES)
 # A conversation opens with a description (with probability DESCRIBE_FIRST) and goes on with questions:
 # every sample then supervises both skills, and questions, whose answers are one word, get a real share
 # of the loss (when a third of the samples were questions alone they held ~12% of the answer tokens and
@@ -31,6 +33,12 @@ DESCRIBE_FIRST = 0.7
 DESCRIPTIONS = {"caption": 0.5, "narrative": 0.15, "expression": 0.15, "inventory": 0.2}
 QUESTIONS_AFTER_DESCRIPTION = 2
 QUESTIONS_ALONE = 4
+
+
+def _said(expression: Expression) -> list[str]:
+    """The words of ``expression`` that describe its referent: a relational one's words after the relation are the anchor's."""
+    words = expression.text.split()
+    return words[: next((k for k, w in enumerate(words) if w in RELATIONS), len(words))]
 
 
 def grounded_expression(scene: Scene, expression: Expression, ranked: bool = False) -> str:
@@ -47,14 +55,37 @@ def grounded_expression(scene: Scene, expression: Expression, ranked: bool = Fal
     first, as a number word: "the large red cross two", "the red cross left of the blue square two large".
     The rank tells any two objects apart, and the vision tower can give it (``vision.RANK``).
     """
-    words = expression.text.split()
-    # a relational expression's words after the relation are the anchor's, not the referent's
-    said = words[: next((k for k, w in enumerate(words) if w in RELATIONS), len(words))]
+    words, said = expression.text.split(), _said(expression)
     referent = scene.objects[expression.target]
     unsaid = [w for w in (referent.colour, referent.size) if w not in said]
     if ranked and (expression.kind == "relational" or not unsaid):
         unsaid = [NUMBERS[expression.target + 1]] + unsaid  # objects are listed left to right
     return " ".join(words + unsaid)
+
+
+def referring_questions(scene: Scene, kinds: tuple[str, ...]) -> list[QA]:
+    """Questions that only an expression's whole meaning answers: "what size is the red cross left of the blue
+    square?", about each of the scene's expressions of ``kinds``.
+
+    One per (expression, attribute its words leave open: ``open_attributes``). A grounded expression's appended
+    words are such a target only when its look-alikes differ, and relational expressions are 7% of the
+    expression turns; a conversation's question can ask it far more often (``TextRecipe.referring_questions``),
+    as "what colour is the cross?" taught the lookup by shape word. ``QA.kind`` is the expression's kind.
+    """
+    return [QA(f"what {attribute} is {e.text}?", getattr(scene.objects[e.target], attribute), e.kind)
+            for e in scene.expressions if e.kind in kinds for attribute in open_attributes(scene, e)]
+
+
+def open_attributes(scene: Scene, expression: Expression) -> list[str]:
+    """The referent's attributes ("colour", "size") that the expression does not say and its words alone leave
+    open: an object its attribute words also fit (a look-alike) differs in it. "the red cross left of the blue
+    square" -> ["size"] if the other red cross has the other size; "the largest cross" never leaves "size" open."""
+    said, referent = _said(expression), scene.objects[expression.target]
+    lookalikes = [o for o in scene.objects if o is not referent
+                  and all(w in (o.colour, o.shape, o.size) for w in said if w in ATTRIBUTE_WORDS)]
+    return [attribute for attribute in ("colour", "size")
+            if getattr(referent, attribute) not in said and not (attribute == "size" and {"largest", "smallest"} & set(said))
+            and any(getattr(o, attribute) != getattr(referent, attribute) for o in lookalikes)]
 
 
 def shuffled_inventory(scene: Scene, rng: np.random.Generator) -> str:
@@ -102,6 +133,8 @@ class TextRecipe:
     ``object_listings``: the probability that a caption turn becomes ``(NAME_OBJECTS, object_listing(...))``
     (0: never, and no random draw is made for it); ``listing_leads``: which attribute may lead its items.
     ``descriptions``: the probability of each description kind, keys and order as ``DESCRIPTIONS``.
+    ``referring_questions``: the probability that a conversation's first question becomes one of the scene's
+    ``referring_questions(scene, referring_kinds)``, where it has any (0: never, and no draw is made).
     ``count_questions``: the probability that the last question becomes "how many crosses are there?" about a
     shape the scene has (drawn object by object, so larger counts come more often); a scene's own count
     question asks about any shape, and more than half of them answer "zero" (0: never, and no draw is made).
@@ -115,16 +148,20 @@ class TextRecipe:
     listing_leads: tuple[str, ...] = ("shape",)
     descriptions: dict[str, float] = field(default_factory=lambda: dict(DESCRIPTIONS))
     count_questions: float = 0.0
+    referring_questions: float = 0.0
+    referring_kinds: tuple[str, ...] = ("relational",)
 
     def __post_init__(self) -> None:
         if self.ranked_expressions and not self.grounded_expressions:
             raise ValueError("ranked_expressions ranks the words grounded expressions append: "
                              "it needs grounded_expressions=True.")
-        for name in ("relational_expressions", "object_listings", "count_questions"):
+        for name in ("relational_expressions", "object_listings", "count_questions", "referring_questions"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a probability between 0 and 1, not {getattr(self, name)}.")
         if not self.listing_leads or not set(self.listing_leads) <= set(LISTING_ORDERS):
             raise ValueError(f"listing_leads are some of {list(LISTING_ORDERS)}, not {self.listing_leads}.")
+        if not self.referring_kinds or not set(self.referring_kinds) <= {"relational", "superlative"}:
+            raise ValueError(f"referring_kinds are some of ['relational', 'superlative'], not {self.referring_kinds}.")
         if list(self.descriptions) != list(DESCRIPTIONS):
             raise ValueError(f"descriptions gives a probability to each of {list(DESCRIPTIONS)}, in that order.")
 
@@ -156,6 +193,10 @@ def conversation(scene: Scene, rng: np.random.Generator, recipe: TextRecipe | No
     questions = [scene.qa[i] for i in rng.permutation(len(scene.qa))[:n_questions]]
     if recipe.count_questions > 0 and rng.random() < recipe.count_questions:
         questions[-1] = count_question(scene.objects, scene.objects[int(rng.integers(len(scene.objects)))].shape)
+    if recipe.referring_questions > 0:
+        referring = referring_questions(scene, recipe.referring_kinds)
+        if referring and rng.random() < recipe.referring_questions:
+            questions[0] = referring[int(rng.integers(len(referring)))]
     return turns + [(q.question, q.answer) for q in questions]
 
 
