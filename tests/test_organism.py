@@ -265,10 +265,11 @@ def test_referring_questions_ask_what_only_the_whole_expression_decides():
             attribute, expression = q.question.removeprefix("what ").removesuffix("?").split(" is ", 1)
             e = by_text[expression]
             referent = scene.objects[e.target]
-            said = expression.split()[: min([expression.split().index(r) for r in text.RELATIONS if r in expression.split()] or [99])]
-            words = [w for w in said if w in {*COLOURS, *SHAPES, "small", "large"}]  # the referent's, not the anchor's
-            assert q.answer == getattr(referent, attribute) and q.answer not in words
-            fit = [o for o in scene.objects if all(w in (o.colour, o.shape, o.size) for w in words)]
+            words = expression.split()
+            relation = min([words.index(r) for r in text.RELATIONS if r in words], default=len(words))
+            own = [w for w in words[:relation] if w in {*COLOURS, *SHAPES, "small", "large"}]  # not the anchor's words
+            assert q.answer == getattr(referent, attribute) and q.answer not in own
+            fit = [o for o in scene.objects if all(w in (o.colour, o.shape, o.size) for w in own)]
             assert len({getattr(o, attribute) for o in fit}) > 1, "the words alone leave the answer open"
             assert tokenizer.unk_token_id not in tokenizer(f"{q.question} {q.answer}")["input_ids"]
 
@@ -503,7 +504,8 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
     assert main(["--out", str(tmp_path / "given"), "--variants", "coarse", "--lr", "2e-4", "--seed", "5",
                  "--no-grounded-expressions", "--rank-target", "--shuffle-inventory", "--object-listings", "0.5",
                  "--count-questions", "0.3", "--listing-leads", "colour", "shape", "--relational-expressions", "0.5",
-                 "--referring-questions", "0.5", "--referring-kinds", "relational", "superlative", "--descriptions", "inventory=0.2", "expression=0.3", "caption=0.4", "narrative=0.1", "--autocast", "bfloat16",
+                 "--referring-questions", "0.5", "--referring-kinds", "relational", "superlative",
+                 "--descriptions", "inventory=0.2", "expression=0.3", "caption=0.4", "narrative=0.1", "--autocast", "bfloat16",
                  *common]) == 0
     recorded = {(run, v): json.loads((tmp_path / run / v / "final" / "training.json").read_text())
                 for run, v in (("default", "coarse"), ("default", "small"), ("given", "coarse"))}

@@ -83,9 +83,9 @@ def open_attributes(scene: Scene, expression: Expression) -> list[str]:
     said, referent = _said(expression), scene.objects[expression.target]
     lookalikes = [o for o in scene.objects if o is not referent
                   and all(w in (o.colour, o.shape, o.size) for w in said if w in ATTRIBUTE_WORDS)]
-    return [attribute for attribute in ("colour", "size")
-            if getattr(referent, attribute) not in said and not (attribute == "size" and {"largest", "smallest"} & set(said))
-            and any(getattr(o, attribute) != getattr(referent, attribute) for o in lookalikes)]
+    unsaid = [a for a in ("colour", "size") if getattr(referent, a) not in said
+              and not (a == "size" and {"largest", "smallest"} & set(said))]
+    return [a for a in unsaid if any(getattr(o, a) != getattr(referent, a) for o in lookalikes)]
 
 
 def shuffled_inventory(scene: Scene, rng: np.random.Generator) -> str:
