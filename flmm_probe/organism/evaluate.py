@@ -34,7 +34,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForCon
 from flmm_probe.data.shapes import COLOURS, DESCRIBE, QA, SHAPES, SIZES, Scene, expression_group, make_scene
 from flmm_probe.metrics import mask_to_grid, pointing_game
 from flmm_probe.organism.sam import box_miou, load_sam
-from flmm_probe.organism.text import IGNORE, collate, encode, referring_questions
+from flmm_probe.organism.text import IGNORE, REFERRABLE_KINDS, collate, encode, referring_questions
 from flmm_probe.phrases import POOLINGS, pool
 from flmm_probe.probe import AttentionProbe
 
@@ -104,8 +104,7 @@ def referring_accuracy(model: LlavaForConditionalGeneration, processor: LlavaPro
     """``qa_accuracy`` of the questions only an expression's whole meaning answers ("what size is the red cross
     left of the blue square?", ``text.referring_questions``), overall and by the expression's kind: does the
     organism know which object a relational or superlative expression means (chance: about one half)?"""
-    kinds = ("relational", "superlative")
-    return _answer_accuracy(model, processor, [(s.image, qa) for s in scenes for qa in referring_questions(s, kinds)])
+    return _answer_accuracy(model, processor, [(s.image, qa) for s in scenes for qa in referring_questions(s, REFERRABLE_KINDS)])
 
 
 def _answer_accuracy(model: LlavaForConditionalGeneration, processor: LlavaProcessor,

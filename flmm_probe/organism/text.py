@@ -22,6 +22,8 @@ from flmm_probe.data.shapes import (COLOURS, DESCRIBE, LIST_OBJECTS, NAME_OBJECT
 IGNORE = -100
 RELATIONS = ("left", "right", "above", "below")
 ATTRIBUTE_WORDS = frozenset(COLOURS) | frozenset(SHAPES) | frozenset(SIZES)
+# The expression kinds whose words alone can leave their referent's colour or size open (``referring_questions``).
+REFERRABLE_KINDS = ("relational", "superlative")
 # A conversation opens with a description (with probability DESCRIBE_FIRST) and goes on with questions:
 # every sample then supervises both skills, and questions, whose answers are one word, get a real share
 # of the loss (when a third of the samples were questions alone they held ~12% of the answer tokens and
@@ -160,8 +162,8 @@ class TextRecipe:
                 raise ValueError(f"{name} is a probability between 0 and 1, not {getattr(self, name)}.")
         if not self.listing_leads or not set(self.listing_leads) <= set(LISTING_ORDERS):
             raise ValueError(f"listing_leads are some of {list(LISTING_ORDERS)}, not {self.listing_leads}.")
-        if not self.referring_kinds or not set(self.referring_kinds) <= {"relational", "superlative"}:
-            raise ValueError(f"referring_kinds are some of ['relational', 'superlative'], not {self.referring_kinds}.")
+        if not self.referring_kinds or not set(self.referring_kinds) <= set(REFERRABLE_KINDS):
+            raise ValueError(f"referring_kinds are some of {list(REFERRABLE_KINDS)}, not {self.referring_kinds}.")
         if list(self.descriptions) != list(DESCRIPTIONS):
             raise ValueError(f"descriptions gives a probability to each of {list(DESCRIPTIONS)}, in that order.")
 

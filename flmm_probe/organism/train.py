@@ -32,7 +32,7 @@ from flmm_probe.data.shapes import IMAGE_SIZE, make_scene
 from flmm_probe.organism.build import VARIANTS, SamConfig, build_lmm, build_processor, build_sam
 from flmm_probe.organism.evaluate import teacher_forced_accuracy
 from flmm_probe.organism.sam import load_sam, sam_loss_on_batch, save_sam, saved_sam_config
-from flmm_probe.organism.text import DESCRIPTIONS, LISTING_ORDERS, TextRecipe, collate, conversation, encode
+from flmm_probe.organism.text import DESCRIPTIONS, LISTING_ORDERS, REFERRABLE_KINDS, TextRecipe, collate, conversation, encode
 from flmm_probe.organism.vision import optimizer_step, pretrain_vision
 
 log = logging.getLogger(__name__)
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="probability that a training conversation's first question asks what only a referring expression's "
                         "whole meaning decides ('what size is the red cross left of the blue square?'), where the scene "
                         f"has such a question (default per variant {REFERRING_QUESTIONS})")
-    p.add_argument("--referring-kinds", nargs="+", choices=["relational", "superlative"], default=None, metavar="KIND",
+    p.add_argument("--referring-kinds", nargs="+", choices=list(REFERRABLE_KINDS), default=None, metavar="KIND",
                    help="the expressions referring questions ask about: relational and/or superlative ('what colour is the "
                         f"largest cross?') (default per variant {REFERRING_KINDS})")
     p.add_argument("--descriptions", type=_description_share, nargs="+", default=None, metavar="KIND=P",
