@@ -7,6 +7,11 @@ fewest that single it out), relational ones ("the red cross left of the blue squ
 ("the largest cross"). One cIoU over all of them hides which kind keeps RES from its goals; this splits it.
 Datasets without kinds (RefCOCO) give their expressions one group, "all".
 
+It also says what each group costs the total. cIoU sums intersections and unions over all expressions, so
+a perfect mask of an expression adds its true area to both; from the tables' `target_area` it gives the
+cIoU of all expressions were this group segmented perfectly and the rest as fitted ("if perfect"), and
+were every other group perfect and this one as fitted ("if rest perfect"): the ceiling this group leaves.
+
     python -m analyses.res_by_kind runs/fit/per_phrase.parquet [other/per_phrase.parquet ...]
 """
 
@@ -27,7 +32,10 @@ def res_by_kind(per_phrase: pd.DataFrame) -> pd.DataFrame:
 
     per_phrase: `evaluate.evaluate`'s frame (rows of other tasks are left out). Returns one row per group
     (index: group) with n and, for each mask scored (coarse, refined), cIoU (sum of intersections over sum
-    of unions, as `metrics.res_scores`) and mIoU (mean per-expression IoU, i.e. gIoU), as fractions.
+    of unions, as `metrics.res_scores`) and mIoU (mean per-expression IoU, i.e. gIoU), as fractions. Where
+    the frame has target_area (tables from older versions of `evaluate` do not), also "m if perfect" and "m if rest
+    perfect": the cIoU of all expressions with this group's masks, or every other group's, made perfect
+    (NaN on the "all" row; not given where there is one group).
     """
     res = per_phrase[per_phrase["task"].isin(RES_TASKS)]
     if res.empty:
@@ -42,13 +50,29 @@ def res_by_kind(per_phrase: pd.DataFrame) -> pd.DataFrame:
             out[f"mIoU {m}"] = rows[f"iou_{m}"].mean()
         return out
 
-    table = {group: scores(rows) for group, rows in res.groupby(pd.Series(groups, index=res.index), sort=True)}
+    by_group = dict(iter(res.groupby(pd.Series(groups, index=res.index), sort=True)))
+    table = {group: scores(rows) for group, rows in by_group.items()}
+    if "target_area" in res and len(by_group) > 1:
+        for group, rows in by_group.items():
+            table[group].update(_ceilings(rows, res, masks))
     if len(table) > 1 or "all" not in table:
         table["all"] = scores(res)
     frame = pd.DataFrame.from_dict(table, orient="index")
     frame["n"] = frame["n"].astype(int)
     frame.index.name = "group"
     return frame
+
+
+def _ceilings(group: pd.DataFrame, res: pd.DataFrame, masks: list[str]) -> dict[str, float]:
+    """All expressions' cIoU with `group` made perfect, and with every other expression made perfect."""
+    area, area_all = group["target_area"].sum(), res["target_area"].sum()
+    out = {}
+    for m in masks:
+        inter, union = group[f"inter_{m}"].sum(), group[f"union_{m}"].sum()
+        inter_all, union_all = res[f"inter_{m}"].sum(), res[f"union_{m}"].sum()
+        out[f"{m} if perfect"] = (inter_all - inter + area) / max(union_all - union + area, 1)
+        out[f"{m} if rest perfect"] = (inter + area_all - area) / max(union + area_all - area, 1)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -101,7 +101,8 @@ def evaluate(
     per_phrase: one row per phrase, columns sample_id (str), phrase_index (int), dataset, split, task,
         phrase (its text), kind (the dataset's phrase kind where it has one, e.g. the shapes world's
         attribute / relational / superlative expressions, else None), plural, is_thing (bool or None
-        where the dataset does not say), and for m in coarse, refined:
+        where the dataset does not say), target_area (pixels of the true mask: what inter and union would
+        both be for a perfect prediction), and for m in coarse, refined:
         inter_m, union_m (pixel counts at the original image size, int) and iou_m (float; an empty
         prediction of an empty mask is 1). Without a refiner inter_refined = union_refined = -1 and
         iou_refined is NaN.
@@ -114,14 +115,15 @@ def evaluate(
         attributes = sample.attributes
         row = {"sample_id": sample.sample_id, "phrase_index": p, "dataset": attributes.get("dataset", dataset.name),
                "split": attributes.get("split", ""), "task": task_of(sample), "phrase": phrase.text,
-               "kind": phrase.attributes.get("kind"), "plural": phrase.plural, "is_thing": phrase.is_thing}
+               "kind": phrase.attributes.get("kind"), "plural": phrase.plural, "is_thing": phrase.is_thing,
+               "target_area": int(np.count_nonzero(target))}
         for name, pred in (("coarse", coarse), ("refined", refined)):
             inter, union = intersection_union(pred, target) if pred is not None else (-1, -1)
             row.update({f"inter_{name}": inter, f"union_{name}": union,
                         f"iou_{name}": (inter / union if union > 0 else 1.0) if pred is not None else float("nan")})
         rows.append(row)
     columns = ["sample_id", "phrase_index", "dataset", "split", "task", "phrase", "kind", "plural", "is_thing",
-               *(f"{c}_{m}" for m in MASKS for c in ("inter", "union", "iou"))]
+               "target_area", *(f"{c}_{m}" for m in MASKS for c in ("inter", "union", "iou"))]
     per_phrase = pd.DataFrame(rows, columns=columns)
     return per_phrase, summarize(per_phrase)
 

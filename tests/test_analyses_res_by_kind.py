@@ -5,11 +5,13 @@ import pytest
 from analyses.res_by_kind import main, res_by_kind
 
 
-def _row(task, phrase, kind, inter, union, refined=None):
+def _row(task, phrase, kind, inter, union, refined=None, area=None):
     row = {"task": task, "phrase": phrase, "kind": kind, "inter_coarse": inter, "union_coarse": union,
            "iou_coarse": inter / union, "inter_refined": -1, "union_refined": -1, "iou_refined": np.nan}
     if refined is not None:
         row.update(inter_refined=refined[0], union_refined=refined[1], iou_refined=refined[0] / refined[1])
+    if area is not None:
+        row["target_area"] = area
     return row
 
 
@@ -33,10 +35,27 @@ def test_scores_each_kind_and_attribute_count_by_hand():
     assert table.loc["all", "cIoU refined"] == pytest.approx(22 / 44)
 
 
+def test_ceilings_by_hand():
+    # coarse: the cross 8 / 10 of area 9; the relational one 0 / 30 of area 20; all 8 / 40
+    frame = pd.DataFrame([
+        _row("res", "the cross", "attribute", 8, 10, (9, 10), area=9),
+        _row("res", "the red cross left of the blue square", "relational", 0, 30, (5, 25), area=20),
+    ])
+    table = res_by_kind(frame)
+    # the relational one perfect: (8 + 20) / (10 + 20); the cross perfect: (9 + 0) / (9 + 30)
+    assert table.loc["relational", "coarse if perfect"] == pytest.approx(28 / 30)
+    assert table.loc["relational", "coarse if rest perfect"] == pytest.approx(9 / 39)
+    assert table.loc["attribute/1", "coarse if perfect"] == pytest.approx(9 / 39)
+    assert table.loc["attribute/1", "refined if rest perfect"] == pytest.approx((9 + 20) / (10 + 20))
+    assert table.loc["relational", "refined if perfect"] == pytest.approx((9 + 20) / (10 + 20))
+    assert np.isnan(table.loc["all", "coarse if perfect"])
+
+
 def test_without_kinds_or_refiner_one_group_and_coarse_only():
     frame = pd.DataFrame([_row("res", "man on the left", None, 3, 4), _row("res", "red car", None, 1, 4)])
     table = res_by_kind(frame)
     assert list(table.index) == ["all"] and "cIoU refined" not in table
+    assert "coarse if perfect" not in res_by_kind(frame.assign(target_area=[4, 4]))
     assert table.loc["all", "cIoU coarse"] == pytest.approx(4 / 8)
 
 

@@ -56,6 +56,9 @@ def test_evaluate_scores_known_ious(llava, tmp_path):
     assert set(res_kinds) <= {"attribute", "relational", "superlative"} and per_phrase.loc[per_phrase["task"] == "png", "kind"].isna().all()
     assert (per_phrase["iou_coarse"] == 1).all() and (per_phrase["iou_refined"] == 0).all()
     assert (per_phrase["inter_coarse"] == per_phrase["union_coarse"]).all() and (per_phrase["inter_refined"] == 0).all()
+    # the oracle's masks are the targets: a perfect prediction's intersection is the target's area
+    assert (per_phrase["target_area"] == per_phrase["inter_coarse"]).all() and (per_phrase["target_area"] > 0).all()
+    assert (per_phrase["union_refined"] == per_phrase["target_area"]).all()
 
     res = summary["res"]["shapes/test"]
     assert res["coarse"]["cIoU"] == 1 and res["coarse"]["gIoU"] == 1 and res["coarse"]["P@0.9"] == 1
