@@ -93,6 +93,7 @@ COUNT_QUESTIONS = {"small": 0.3, "coarse": 0.0}
 # of REFERRING_KINDS. In two pilots (session 18) `small` did not learn the relational ones at P = 1 (held-out 0.52),
 # and with superlative ones too it answered those (0.92) but lost its captions; asked four to a conversation it
 # learns relations (0.75-0.88) without its expressions' maps finding their referent (docs/organism.md, "Session 18").
+# From scratch at P = 1 (session 19) neither seed learned them either, and seed 1 lost the superlatives.
 REFERRING_QUESTIONS = {"small": 0.0, "coarse": 0.0}
 REFERRING_KINDS = {"small": ("relational",), "coarse": ("relational",)}
 # The probability of each kind of description turn (text.DESCRIPTIONS: captions lead). `small` has more referring
