@@ -33,9 +33,9 @@ def res_by_kind(per_phrase: pd.DataFrame) -> pd.DataFrame:
     per_phrase: `evaluate.evaluate`'s frame (rows of other tasks are left out). Returns one row per group
     (index: group) with n and, for each mask scored (coarse, refined), cIoU (sum of intersections over sum
     of unions, as `metrics.res_scores`) and mIoU (mean per-expression IoU, i.e. gIoU), as fractions. Where
-    the frame has target_area (tables from older versions of `evaluate` do not), also "m if perfect" and "m if rest
-    perfect": the cIoU of all expressions with this group's masks, or every other group's, made perfect
-    (NaN on the "all" row; not given where there is one group).
+    the frame has target_area (tables from older versions of `evaluate` do not), also "m if perfect" and
+    "m if rest perfect": the cIoU of all expressions with this group's masks, or every other group's, made
+    perfect (NaN on the "all" row; not given where there is one group).
     """
     res = per_phrase[per_phrase["task"].isin(RES_TASKS)]
     if res.empty:
@@ -50,7 +50,7 @@ def res_by_kind(per_phrase: pd.DataFrame) -> pd.DataFrame:
             out[f"mIoU {m}"] = rows[f"iou_{m}"].mean()
         return out
 
-    by_group = dict(iter(res.groupby(pd.Series(groups, index=res.index), sort=True)))
+    by_group = {group: rows for group, rows in res.groupby(pd.Series(groups, index=res.index), sort=True)}
     table = {group: scores(rows) for group, rows in by_group.items()}
     if "target_area" in res and len(by_group) > 1:
         for group, rows in by_group.items():
