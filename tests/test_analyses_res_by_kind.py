@@ -33,6 +33,7 @@ def test_scores_each_kind_and_attribute_count_by_hand():
     assert table.loc["all", "n"] == 4
     assert table.loc["all", "cIoU coarse"] == pytest.approx(11 / 54)
     assert table.loc["all", "cIoU refined"] == pytest.approx(22 / 44)
+    assert "coarse if perfect" not in table  # a table without target_area (older evaluate) gives no ceilings
 
 
 def test_ceilings_by_hand():
