@@ -645,12 +645,13 @@ def test_shipped_models_were_trained_with_the_defaults(variant):
             meta.get("grounded_expressions", False), meta.get("ranked_expressions", False), meta.get("relational_expressions", 0.0),
             meta.get("rank_target", False), meta.get("shuffle_inventory", False),
             meta.get("object_listings", 0.0), meta.get("descriptions", DESCRIPTIONS), meta.get("count_questions", 0.0),
-            meta.get("listing_leads", ["shape"]), meta.get("autocast", "float32"), meta.get("referring_questions", 0.0)) == \
+            meta.get("listing_leads", ["shape"]), meta.get("autocast", "float32"), meta.get("referring_questions", 0.0),
+            meta.get("referring_kinds", ["relational"])) == \
         (LMM_STEPS[variant], LR[variant], VISION_STEPS[variant], VISION_LR_SCALE, SEED[variant], None,
          GROUNDED_EXPRESSIONS[variant], RANKED_EXPRESSIONS[variant], RELATIONAL_EXPRESSIONS[variant], RANK_TARGET[variant],
          SHUFFLE_INVENTORY[variant], OBJECT_LISTINGS[variant],
          DESCRIPTION_MIX[variant], COUNT_QUESTIONS[variant],
-         list(LISTING_LEADS[variant]), AUTOCAST, REFERRING_QUESTIONS[variant])
+         list(LISTING_LEADS[variant]), AUTOCAST, REFERRING_QUESTIONS[variant], list(REFERRING_KINDS[variant]))
 
 
 def test_shipped_sam_was_trained_with_the_defaults():
