@@ -11,6 +11,10 @@ It also says what each group costs the total. cIoU sums intersections and unions
 a perfect mask of an expression adds its true area to both; from the tables' `target_area` it gives the
 cIoU of all expressions were this group segmented perfectly and the rest as fitted ("if perfect"), and
 were every other group perfect and this one as fitted ("if rest perfect"): the ceiling this group leaves.
+A mask can fall short in two ways: it covers the wrong object, or the right one imprecisely. "P@0.5" is the
+fraction of expressions whose IoU is at least 0.5 (the hits), and "if misses perfect" the cIoU with every
+other expression made perfect and the hits as fitted: an upper bound on what choosing the right object alone
+gives, with the hits' imprecision left in.
 
     python -m analyses.res_by_kind runs/fit/per_phrase.parquet [other/per_phrase.parquet ...]
 """
@@ -35,7 +39,9 @@ def res_by_kind(per_phrase: pd.DataFrame) -> pd.DataFrame:
     of unions, as `metrics.res_scores`) and mIoU (mean per-expression IoU, i.e. gIoU), as fractions. Where
     the frame has target_area (tables from older versions of `evaluate` do not), also "m if perfect" and
     "m if rest perfect": the cIoU of all expressions with this group's masks, or every other group's, made
-    perfect (NaN on the "all" row; not given where there is one group).
+    perfect (NaN on the "all" row; not given where there is one group), and on every row "P@0.5 m" and "m if
+    misses perfect": the fraction of the group's expressions with IoU >= 0.5, and the group's cIoU with the
+    others made perfect.
     """
     res = per_phrase[per_phrase["task"].isin(RES_TASKS)]
     if res.empty:
@@ -57,6 +63,9 @@ def res_by_kind(per_phrase: pd.DataFrame) -> pd.DataFrame:
             table[group].update(_ceilings(rows, res, masks))
     if len(table) > 1 or "all" not in table:
         table["all"] = scores(res)
+    if "target_area" in res:
+        for group, rows in {**by_group, "all": res}.items():
+            table[group].update(_misses_perfect(rows, masks))
     frame = pd.DataFrame.from_dict(table, orient="index")
     frame["n"] = frame["n"].astype(int)
     frame.index.name = "group"
@@ -72,6 +81,18 @@ def _ceilings(group: pd.DataFrame, res: pd.DataFrame, masks: list[str]) -> dict[
         inter_all, union_all = res[f"inter_{m}"].sum(), res[f"union_{m}"].sum()
         out[f"{m} if perfect"] = (inter_all - inter + area) / max(union_all - union + area, 1)
         out[f"{m} if rest perfect"] = (inter + area_all - area) / max(union + area_all - area, 1)
+    return out
+
+
+def _misses_perfect(rows: pd.DataFrame, masks: list[str]) -> dict[str, float]:
+    """The hit rate (IoU >= 0.5) of `rows`, and their cIoU with every miss made perfect."""
+    out = {}
+    for m in masks:
+        hit = rows[f"iou_{m}"] >= 0.5
+        miss_area = rows.loc[~hit, "target_area"].sum()
+        out[f"P@0.5 {m}"] = hit.mean()
+        out[f"{m} if misses perfect"] = ((rows.loc[hit, f"inter_{m}"].sum() + miss_area)
+                                         / max(rows.loc[hit, f"union_{m}"].sum() + miss_area, 1))
     return out
 
 

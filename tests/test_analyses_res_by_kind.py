@@ -52,11 +52,31 @@ def test_ceilings_by_hand():
     assert np.isnan(table.loc["all", "coarse if perfect"])
 
 
+def test_hits_and_misses_perfect_by_hand():
+    # coarse IoU 0.8 (a hit) and 0.0 (a miss, area 20): with the miss perfect, (8 + 20) / (10 + 20)
+    frame = pd.DataFrame([
+        _row("res", "the cross", "attribute", 8, 10, (9, 10), area=9),
+        _row("res", "the circle", "attribute", 2, 10, (4, 10), area=5),
+        _row("res", "the red cross left of the blue square", "relational", 0, 30, (5, 25), area=20),
+    ])
+    table = res_by_kind(frame)
+    assert table.loc["attribute/1", "P@0.5 coarse"] == 0.5
+    assert table.loc["attribute/1", "coarse if misses perfect"] == pytest.approx((8 + 5) / (10 + 5))
+    assert table.loc["relational", "coarse if misses perfect"] == 1.0
+    assert table.loc["all", "P@0.5 refined"] == pytest.approx(1 / 3)
+    assert table.loc["all", "refined if misses perfect"] == pytest.approx((9 + 5 + 20) / (10 + 5 + 20))
+    assert table.loc["all", "coarse if misses perfect"] == pytest.approx((8 + 5 + 20) / (10 + 5 + 20))
+    one_group = res_by_kind(frame.assign(kind=None))  # RefCOCO: one group, still split into hits and misses
+    assert list(one_group.index) == ["all"]
+    assert one_group.loc["all", "P@0.5 coarse"] == pytest.approx(1 / 3)
+
+
 def test_without_kinds_or_refiner_one_group_and_coarse_only():
     frame = pd.DataFrame([_row("res", "man on the left", None, 3, 4), _row("res", "red car", None, 1, 4)])
     table = res_by_kind(frame)
     assert list(table.index) == ["all"] and "cIoU refined" not in table
     assert "coarse if perfect" not in res_by_kind(frame.assign(target_area=[4, 4]))
+    assert "P@0.5 coarse" not in table  # without target_area, no split into hits and misses
     assert table.loc["all", "cIoU coarse"] == pytest.approx(4 / 8)
 
 
