@@ -53,7 +53,8 @@ def test_ceilings_by_hand():
 
 
 def test_hits_and_misses_perfect_by_hand():
-    # coarse IoU 0.8 (a hit) and 0.0 (a miss, area 20): with the miss perfect, (8 + 20) / (10 + 20)
+    # coarse IoU: the cross 0.8 (a hit), the circle 0.2 (a miss, area 5), the relational one 0.0 (a miss, area 20);
+    # refined IoU 0.9, 0.4, 0.2: one hit. A perfect miss adds its area to both sums.
     frame = pd.DataFrame([
         _row("res", "the cross", "attribute", 8, 10, (9, 10), area=9),
         _row("res", "the circle", "attribute", 2, 10, (4, 10), area=5),
