@@ -127,11 +127,11 @@ def _fit(args: argparse.Namespace) -> int:
         # a store that names no pooling was mean-pooled (`record` leaves the paper's default unsaid)
         pooling=store.config.get("pooling", "mean"),
         use_refiner=not args.no_refiner, use_text=not args.no_text, base_channels=args.base_channels,
-        long_side=args.long_side,
+        long_side=args.long_side, log_maps=args.log_maps,
     )
     sam = None if args.no_refiner else _sam(args.sam)
     cache = EmbeddingCache(args.cache) if args.cache else None
-    run = fit(store, open_dataset(args.data), sam, config, args.out, cache=cache)
+    run = fit(store, open_dataset(args.data), sam, config, args.out, cache=cache, resume=args.resume)
     print(f"grounder -> {run}")
     return 0
 
@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--store", required=True, help="store folder written by `flmm-probe record` (train split)")
     fit.add_argument("--data", required=True, help="the dataset spec the store was recorded from (for the masks)")
-    fit.add_argument("--out", required=True, help="run folder: grounder.json, weights, log.jsonl")
+    fit.add_argument("--out", required=True,
+                     help="run folder (a new one, or one to --resume): grounder.json, weights, log.jsonl")
     _sam_arguments(fit)
     fit.add_argument("--cache", help="SAM image-embedding cache folder (default: RUN/sam_embeddings)")
     fit.add_argument("--epochs", type=int, default=8, help="passes over the stored phrases (paper: 8)")
@@ -318,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--base-channels", type=int, default=64, help="U-Net width of its first stage (paper: 64)")
     fit.add_argument("--long-side", type=int, default=64,
                      help="U-Net input size: maps are resized to this on their long side (paper: 64)")
+    fit.add_argument("--resume", action="store_true",
+                     help="continue the fit in --out from its last finished epoch (pass the options it was started with)")
+    fit.add_argument("--log-maps", action="store_true",
+                     help="feed the U-Net each map's log (floored at 1e-6, centred per channel) instead of the map")
     fit.set_defaults(handler=_fit)
 
     evaluate = commands.add_parser(

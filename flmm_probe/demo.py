@@ -10,7 +10,7 @@ shapes world + organism LLaVA:
      test store;
   5. grounding vs training step over the organism's shipped checkpoints;
   6. segment one scene, and render every figure.
-Every stage reads what the stage before wrote; rerunning resumes the recordings.
+Every stage reads what the stage before wrote; rerunning resumes the recordings and the fit.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def run_demo(
     # The paper's recipe, but a narrower U-Net at 32 px (the organism's maps are 10x10, not 24x24) and a
     # larger learning rate, for a CPU and a tiny world.
     config = FitConfig(epochs=epochs, batch_size=8, lr=1e-3, base_channels=16, long_side=32)
-    grounder = load_grounder(fit(stores["train"], train, sam, config, out / "fit"), sam)
+    grounder = load_grounder(fit(stores["train"], train, sam, config, out / "fit", resume=True), sam)
     per_phrase, summary = evaluate(grounder, stores["test"], test)
     per_phrase.to_parquet(out / "per_phrase.parquet")
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))

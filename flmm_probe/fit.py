@@ -14,6 +14,7 @@ Files written to `run_dir`:
     grounder.json                   FitConfig + the shapes needed to rebuild the Grounder (load_grounder)
     grounder.safetensors            trainable weights after the last epoch (no SAM image encoder)
     epoch_001.safetensors ...       the same after each epoch
+    train_state_NNN.pt              AdamW and schedule state after the last finished epoch, NNN (fit(resume=True))
     log.jsonl                       one JSON line per step: step, epoch, lr, loss and its parts, grad_norm,
                                     elapsed (seconds since the loop started)
 
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MAP_KINDS = ("stacked", "fused")
 CONFIG_FILE, WEIGHTS_FILE, LOG_FILE = "grounder.json", "grounder.safetensors", "log.jsonl"
+STATE_FILE = "train_state_{:03d}.pt"
 _FROZEN_PREFIX = "refiner.sam.image_encoder."  # never saved: it is the user's SAM, unchanged
 
 
@@ -101,6 +103,7 @@ class FitConfig:
     stages: int = 4
     convs_per_stage: int = 2
     long_side: int = 64
+    log_maps: bool = False
     device: str | None = None
 
     def __post_init__(self) -> None:
@@ -109,7 +112,8 @@ class FitConfig:
         self.betas = tuple(self.betas)  # JSON gives a list back
 
     def unet(self, in_channels: int) -> UNetConfig:
-        return UNetConfig(in_channels, self.base_channels, self.stages, self.convs_per_stage, self.long_side)
+        return UNetConfig(in_channels, self.base_channels, self.stages, self.convs_per_stage, self.long_side,
+                          self.log_maps)
 
 
 @dataclass
@@ -395,6 +399,7 @@ def fit(
     run_dir: str | Path = "runs/fit",
     cache: EmbeddingCache | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> Path:
     """Train a Grounder on the samples of `dataset` that `store` holds; returns `run_dir`.
 
@@ -404,9 +409,14 @@ def fit(
     cache: SAM image embeddings; default `run_dir/sam_embeddings`. Images it lacks are embedded first.
     Reads only the store, the cache and the dataset's masks: the LMM is not needed. The same config
     (seed) on the same data gives the same weights.
+    resume: continue the fit in `run_dir` from its last finished epoch (a killed fit loses at most one
+        epoch); the run must have been started with the same config on the same phrases, and ends with the
+        same weights and log as an uninterrupted fit. Without it, a `run_dir` that holds a fit is an error.
     """
     config = config or FitConfig()
     run_dir = Path(run_dir)
+    if not resume and (run_dir / CONFIG_FILE).exists():
+        raise FileExistsError(f"{run_dir} already holds a fit; resume it (--resume) or fit into a new folder.")
     rank, world = _distributed()
     device = _device(config)
     phrases = _training_set(store, dataset)
@@ -418,10 +428,6 @@ def fit(
     grounder = build_grounder(config, shapes["in_channels"], sam, shapes["text_dim"], shapes["text_layers"]).to(device)
     grounder.train()
     trainable = [p for p in grounder.parameters() if p.requires_grad]
-    model: nn.Module = grounder
-    if world > 1:
-        # Prompts that are switched off (points, no-mask embedding, ...) leave SAM parameters unused.
-        model = DistributedDataParallel(grounder, find_unused_parameters=True)
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     steps_per_epoch = len(_epoch_batches(phrases, 0, config, rank, world))
     total = steps_per_epoch * config.epochs
@@ -433,15 +439,19 @@ def fit(
             "store": str(store.root), "store_config": store.config,
             "samples": len(phrases.sample_ids), "phrases": sum(phrases.n_phrases.values()),
             "world_size": world, "steps": total, "epochs_done": 0}
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / LOG_FILE).write_text("")
-    log.info("fit: %d phrases of %d samples, %d steps on %s x %d", spec["phrases"], spec["samples"], total, device, world)
+    done = _resume(run_dir, spec, grounder, optimizer, scheduler) if resume else 0
+    model: nn.Module = grounder
+    if world > 1:
+        # Prompts that are switched off (points, no-mask embedding, ...) leave SAM parameters unused.
+        model = DistributedDataParallel(grounder, find_unused_parameters=True)
+    step = done * steps_per_epoch
+    elapsed = _keep_log(run_dir, step) if rank == 0 else 0.0
+    log.info("fit: %d phrases of %d samples, %d steps on %s x %d (from epoch %d)",
+             spec["phrases"], spec["samples"], total, device, world, done)
 
-    step = 0
-    start = time.perf_counter()
-    bar = tqdm(total=total, disable=not progress or rank != 0, desc="fit", unit="step")
-    for epoch in range(config.epochs):
+    start = time.perf_counter() - elapsed
+    bar = tqdm(total=total, initial=step, disable=not progress or rank != 0, desc="fit", unit="step")
+    for epoch in range(done, config.epochs):
         for batch in _epoch_batches(phrases, epoch, config, rank, world):
             inputs, targets = reader.batch(batch)
             line = train_step(model, optimizer, scheduler, trainable, inputs, targets, config)
@@ -454,7 +464,7 @@ def fit(
                     f.write(json.dumps(line) + "\n")
         if rank == 0:
             spec["epochs_done"] = epoch + 1
-            _write_checkpoint(grounder, spec, run_dir, epoch + 1)
+            _write_checkpoint(grounder, optimizer, scheduler, spec, run_dir, epoch + 1)
     bar.close()
     if world > 1:
         dist.barrier()
@@ -501,15 +511,76 @@ def _sam_shapes(sam: Sam) -> dict[str, Any]:
             "mask_input_size": list(sam.prompt_encoder.mask_input_size)}
 
 
-def _write_checkpoint(grounder: Grounder, spec: dict[str, Any], run_dir: Path, epoch: int) -> None:
+def _write_checkpoint(grounder: Grounder, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                      spec: dict[str, Any], run_dir: Path, epoch: int) -> None:
+    """The epoch's weights and training state, the run's weights, then grounder.json: replacing it commits
+    the epoch, and only then does the previous epoch's training state go. A fit killed anywhere in here
+    resumes from the epoch its grounder.json names, whose files are complete."""
     state = grounder.trainable_state()
     meta = {"flmm_probe.grounder": json.dumps({"epoch": epoch})}
     _atomic_save(state, run_dir / f"epoch_{epoch:03d}.safetensors", meta)
+    tmp = run_dir / (STATE_FILE.format(epoch) + ".tmp")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp)
+    os.replace(tmp, run_dir / STATE_FILE.format(epoch))
     _atomic_save(state, run_dir / WEIGHTS_FILE, meta)
     tmp = run_dir / (CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(spec, indent=2, sort_keys=True, default=str))
     os.replace(tmp, run_dir / CONFIG_FILE)
+    (run_dir / STATE_FILE.format(epoch - 1)).unlink(missing_ok=True)
     log.info("fit: epoch %d checkpoint in %s", epoch, run_dir)
+
+
+def _resume(run_dir: Path, spec: dict[str, Any], grounder: Grounder, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler) -> int:
+    """Load the last finished epoch of the fit in `run_dir` into the fresh grounder, optimizer and schedule;
+    returns the number of epochs done (0 if the fit had not finished one)."""
+    if not (run_dir / CONFIG_FILE).exists():
+        return 0
+    saved = json.loads((run_dir / CONFIG_FILE).read_text())
+    differs = sorted(k for k in set(spec) | set(saved)
+                     if k != "epochs_done" and _comparable(spec.get(k), k) != _comparable(saved.get(k), k))
+    if differs:
+        raise ValueError(f"Cannot resume {run_dir}: it was fitted with other {', '.join(differs)} "
+                         f"({', '.join(f'{k}={saved.get(k)!r}' for k in differs)}). Pass the options it was started "
+                         "with, or fit into a new folder.")
+    done = saved["epochs_done"]
+    state = torch.load(run_dir / STATE_FILE.format(done), weights_only=True)
+    _load_trainable(grounder, run_dir / f"epoch_{done:03d}.safetensors")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    spec["epochs_done"] = done
+    log.info("fit: resuming %s after epoch %d", run_dir, done)
+    return done
+
+
+def _comparable(value: Any, key: str) -> Any:
+    """A spec value as JSON gives it back, without the config's device (a fit may resume on another)."""
+    value = json.loads(json.dumps(value, sort_keys=True, default=str))
+    if key == "config" and value is not None:
+        value.pop("device", None)
+    return value
+
+
+def _keep_log(run_dir: Path, steps: int) -> float:
+    """Cut log.jsonl to its first `steps` lines (a killed fit logged steps past its checkpoint; a new fit
+    keeps none); returns the elapsed seconds of the last line kept."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOG_FILE
+    lines = path.read_text().splitlines(keepends=True)[:steps] if steps else []
+    if len(lines) != steps:
+        raise ValueError(f"{path} has {len(lines)} steps, fewer than the {steps} its checkpoint was saved after.")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines))
+    os.replace(tmp, path)
+    return json.loads(lines[-1])["elapsed"] if lines else 0.0
+
+
+def _load_trainable(grounder: Grounder, weights: Path) -> None:
+    """Load a checkpoint's weights (all but SAM's frozen image encoder) into `grounder`."""
+    missing, unexpected = grounder.load_state_dict(load_file(str(weights)), strict=False)
+    missing = [k for k in missing if not k.startswith(_FROZEN_PREFIX)]
+    if missing or unexpected:
+        raise ValueError(f"{weights} does not match its {CONFIG_FILE}: missing {missing[:5]}, unexpected {unexpected[:5]}.")
 
 
 def load_grounder(path: str | Path, sam: Sam | None = None, device: str | torch.device = "cpu") -> Grounder:
@@ -534,10 +605,7 @@ def load_grounder(path: str | Path, sam: Sam | None = None, device: str | torch.
         if _sam_shapes(sam) != spec["sam"]:
             raise ValueError(f"This SAM has shapes {_sam_shapes(sam)}, the run was fitted with {spec['sam']}.")
     grounder = build_grounder(config, spec["in_channels"], sam, spec["text_dim"], spec["text_layers"])
-    missing, unexpected = grounder.load_state_dict(load_file(str(weights)), strict=False)
-    missing = [k for k in missing if not k.startswith(_FROZEN_PREFIX)]
-    if missing or unexpected:
-        raise ValueError(f"{weights} does not match its {CONFIG_FILE}: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+    _load_trainable(grounder, weights)
     return grounder.to(device).eval()
 
 

@@ -4,6 +4,7 @@ with the organism: counts, spans and bad samples asserted."""
 import json
 
 import pandas as pd
+import pytest
 
 from flmm_probe.cli import main
 from flmm_probe.store import Store
@@ -33,10 +34,15 @@ def test_refcoco_and_png_end_to_end(tmp_path, capsys):
     assert report["recorded"] == 2 and sum(report["bad"].values()) == 4
 
     fit = ["fit", "--store", str(tmp_path / "res"), "--data", res_spec, "--out", str(tmp_path / "fit"), "--epochs", "1", "--batch-size", "2",
-           "--base-channels", "8", "--long-side", "32"]
+           "--base-channels", "8", "--long-side", "32", "--log-maps"]
     run(capsys, *fit)
     unet = json.loads((tmp_path / "fit" / "grounder.json").read_text())["config"]
-    assert (unet["base_channels"], unet["long_side"]) == (8, 32)
+    assert (unet["base_channels"], unet["long_side"], unet["log_maps"]) == (8, 32, True)
+    weights = (tmp_path / "fit" / "grounder.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(capsys, *fit)
+    run(capsys, *fit, "--resume")  # the fit is finished: nothing left to train
+    assert (tmp_path / "fit" / "grounder.safetensors").read_bytes() == weights
     table = run(capsys, "evaluate", "--run", str(tmp_path / "fit"), "--store", str(tmp_path / "res"), "--data", res_spec)
     assert "cIoU" in table
     per_phrase = pd.read_parquet(tmp_path / "fit" / "per_phrase.parquet")

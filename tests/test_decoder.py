@@ -70,6 +70,21 @@ def test_each_channel_is_normalised_to_sum_one():
         assert torch.isfinite(decoder(maps)).all()
 
 
+def test_log_maps_are_centred_logs_of_the_normalised_maps():
+    torch.manual_seed(0)
+    decoder = MaskDecoder(UNetConfig(in_channels=3, base_channels=8, log_maps=True)).eval()
+    maps = torch.rand(2, 3, 64, 64)  # no upsampling
+    maps[0, 1, :32] = 0  # below the floor: a patch no attention reaches
+    p = maps / maps.sum(dim=(-2, -1), keepdim=True)
+    expected = p.clamp(min=1e-6).log()
+    torch.testing.assert_close(decoder.prepare(maps), expected - expected.mean(dim=(-2, -1), keepdim=True))
+    scale = torch.tensor([1.0, 1e3, 1e-2]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(decoder(maps * scale), decoder(maps), atol=1e-5, rtol=1e-4)
+        maps[:, 2] = 0
+        assert torch.isfinite(decoder(maps)).all()
+
+
 def test_a_few_steps_fit_a_toy_target():
     # Channel 0 points at the target blob, channel 1 is noise: the head should learn to read channel 0.
     torch.manual_seed(0)

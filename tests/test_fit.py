@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from flmm_probe.cache import EmbeddingCache
 from flmm_probe.data.sources import ShapesGrounding
 from flmm_probe.fit import FitConfig, build_grounder, iter_log, load_grounder, lr_factor, mask_loss
 from flmm_probe.fit import fit as fit_grounder
+from flmm_probe import fit as fit_module
 from flmm_probe.organism.build import SamConfig, build_sam
 from flmm_probe.recording import record_dataset
 from flmm_probe.store import Store
@@ -103,6 +105,57 @@ def test_fit_learns_reloads_and_is_seeded(recorded, tmp_path, monkeypatch):
     with torch.no_grad():
         # the reloaded grounder is the trained one: its output matches the fresh weights' loading
         assert torch.equal(load_grounder(run_b, sam).ground(record, embedding, input_size)[0], coarse)
+
+
+@pytest.mark.parametrize("kill", ["mid_epoch", "mid_checkpoint"])
+def test_killed_fit_resumes_to_the_same_weights_and_log(recorded, tmp_path, monkeypatch, kill):
+    store, dataset = recorded
+    sam = tiny_sam()
+    cache = EmbeddingCache(tmp_path / "cache")
+    reference = fit_grounder(store, dataset, sam, FitConfig(**CONFIG), tmp_path / "reference", cache, progress=False)
+    steps_per_epoch = json.loads((reference / "grounder.json").read_text())["steps"] // CONFIG["epochs"]
+
+    # Kill the fit one step into its second epoch, or as it commits the second epoch's checkpoint: every
+    # other file of it written (the epoch's weights and training state, the run's weights), grounder.json
+    # not yet replaced.
+    where, name = (fit_module, "train_step") if kill == "mid_epoch" else (fit_module.os, "replace")
+    real, made = getattr(where, name), []
+
+    def dying(*args, **kwargs):
+        if kill == "mid_epoch" or Path(args[1]).name == "grounder.json":
+            made.append(None)
+        if len(made) == (steps_per_epoch + 2 if kill == "mid_epoch" else 2):
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(where, name, dying)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit_grounder(store, dataset, sam, FitConfig(**CONFIG), run, cache, progress=False)
+    monkeypatch.undo()
+    assert json.loads((run / "grounder.json").read_text())["epochs_done"] == 1
+    # steps past the checkpoint, which resuming drops
+    assert len(list(iter_log(run))) == steps_per_epoch + (1 if kill == "mid_epoch" else steps_per_epoch)
+
+    with pytest.raises(FileExistsError, match="--resume"):
+        fit_grounder(store, dataset, sam, FitConfig(**CONFIG), run, cache, progress=False)
+    with pytest.raises(ValueError, match="config"):
+        fit_grounder(store, dataset, sam, FitConfig(**{**CONFIG, "lr": 1e-4}), run, cache, progress=False, resume=True)
+
+    fit_grounder(store, dataset, sam, FitConfig(**CONFIG), run, cache, progress=False, resume=True)
+    for name in ["grounder.safetensors"] + [f"epoch_{e:03d}.safetensors" for e in range(1, CONFIG["epochs"] + 1)]:
+        ours, theirs = load_file(str(run / name)), load_file(str(reference / name))
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    without_time = lambda r: [{k: v for k, v in line.items() if k != "elapsed"} for line in iter_log(r)]  # noqa: E731
+    assert without_time(run) == without_time(reference)
+    assert (run / "grounder.json").read_text() == (reference / "grounder.json").read_text()
+    assert sorted(p.name for p in run.glob("train_state_*")) == [f"train_state_{CONFIG['epochs']:03d}.pt"]
+
+    # Resuming a finished fit changes nothing.
+    before = load_file(str(run / "grounder.safetensors"))
+    fit_grounder(store, dataset, sam, FitConfig(**CONFIG), run, cache, progress=False, resume=True)
+    after = load_file(str(run / "grounder.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before) and len(without_time(run)) == len(without_time(reference))
 
 
 def test_coarse_only_fit_needs_no_sam(recorded, tmp_path):

@@ -3,7 +3,9 @@
 Input: attention maps (batch, channels, y, x), channels = view kinds x layers x heads, already painted
 into image space (see `Layout.to_image` / `AttentionRecord.stacked`). The head
   1. normalises each channel to sum 1 over space, so that heads with flat and peaked attention are
-     on one scale;
+     on one scale (with `log_maps`, then takes its log, floored at LOG_FLOOR and centred per channel: not
+     the paper's, but on the organism it separates the partly covered cells and the background that the
+     linear maps leave as near-zeros beside the peaks, docs/results.md);
   2. upsamples bilinearly so the long side is `long_side` (24x24 -> 64x64), because a 24x24 grid is
      too coarse for three 2x downsamplings;
   3. zero-pads bottom/right to a multiple of 2**(stages - 1), the U-Net's total downsampling;
@@ -22,6 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
+LOG_FLOOR = 1e-6  # share of a map: cells below it count as unattended, and zeros get a finite log
+
+
 @dataclass
 class UNetConfig:
     """Sizes of the mask head. Defaults are the paper's (mmseg UNet: base 64, 4 stages, 2 convs per stage).
@@ -29,6 +34,7 @@ class UNetConfig:
     in_channels: channels of the input maps, e.g. 32 layers x 32 heads = 1024 for LLaVA-1.5-7B,
         2 kinds x 1024 = 2048 for LLaVA-NeXT-Mistral-7B (global view + stitched tiles).
     long_side: the maps are upsampled so their long side is this many cells (never downsampled).
+    log_maps: feed the U-Net the centred log of each normalised map instead of the map.
 
     Parameter counts (measured with `sum(p.numel() for p in MaskDecoder(cfg).parameters())`):
         in_channels=1024 (LLaVA-1.5-7B):           7,772,609
@@ -40,6 +46,7 @@ class UNetConfig:
     stages: int = 4
     convs_per_stage: int = 2
     long_side: int = 64
+    log_maps: bool = False
 
 
 class ConvBlock(nn.Sequential):
@@ -103,10 +110,14 @@ class MaskDecoder(nn.Module):
     def prepare(self, maps: torch.Tensor) -> torch.Tensor:
         """Normalise and upsample: (B, C, y, x) non-negative maps -> (B, C, Y', X') float, long side >= long_side.
 
-        Each channel is divided by its sum over space (all-zero channels stay zero).
+        Each channel is divided by its sum over space (all-zero channels stay zero); with log_maps, its log
+        (floored at LOG_FLOOR) minus that log's spatial mean, so that the zero padding reads as an average cell.
         """
         maps = maps.float()
         maps = maps / maps.sum(dim=(-2, -1), keepdim=True).clamp(min=1e-12)
+        if self.config.log_maps:
+            maps = maps.clamp(min=LOG_FLOOR).log()
+            maps = maps - maps.mean(dim=(-2, -1), keepdim=True)
         h, w = maps.shape[-2:]
         scale = max(1.0, self.config.long_side / max(h, w))
         size = (round(h * scale), round(w * scale))
