@@ -1,8 +1,9 @@
 """The learned grid oracle: the fit's U-Net on perfect (pooled true) maps."""
 
+import numpy as np
 import pytest
 
-from analyses.grid_ceiling import learned_grid_oracle
+from analyses.grid_ceiling import learned_grid_oracle, pooled_coverage
 from flmm_probe.data.shapes import make_scene
 
 
@@ -16,6 +17,18 @@ def test_learned_grid_oracle_recovers_masks_and_a_finer_grid_does_better():
     assert fine["cIoU"] > 0.7 and fine["P@0.5"] > 0.9, fine
     assert coarse["cIoU"] < fine["cIoU"] - 0.05, (coarse, fine)
     assert learned_grid_oracle(train, test, (10, 10), epochs=3) == fine, "a seed makes it reproducible"
+
+
+def test_quantised_coverage_is_the_fraction_of_levels_reached():
+    mask = np.zeros((1, 40, 40), dtype=bool)
+    mask[0, :10, :3] = True  # of a 10x10 grid of 4x4-pixel cells, (0, 0) and (1, 0) are 12/16 covered, (2, 0) 6/16
+    mask[0, 8:10, 4:6] = True  # cell (2, 1) is 4/16 covered
+    cover = pooled_coverage(list(mask), (10, 10), ())[0, 0]
+    assert cover[0, 0] == 0.75 and cover[2, 1] == 0.25 and cover[2, 0] == 0.375
+    half = pooled_coverage(list(mask), (10, 10), (0.5,))[0, 0]
+    assert half[0, 0] == 1 and half[2, 1] == 0 and half[2, 0] == 0 and half.sum() == 2
+    three = pooled_coverage(list(mask), (10, 10), (0.25, 0.5))[0, 0]
+    assert three[0, 0] == 1 and three[2, 1] == 0.5 and three[2, 0] == 0.5 and three[5, 5] == 0
 
 
 def test_learned_grid_oracle_needs_a_batch_of_masks():
