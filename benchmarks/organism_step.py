@@ -5,14 +5,18 @@ The step of ``flmm-probe organism train``: a batch of fresh train scenes made in
 Both precisions run from the same initial weights on the same batches, interleaved step by step, so the
 machine's drift falls on both; the median of each is reported. With ``--beside VARIANT`` a second process
 trains that variant in float32 meanwhile, one thread each, as the default command runs two models at once.
+With ``--patch P`` the variant with P-pixel patches (a grid of (IMAGE_SIZE / P) ** 2 image tokens) steps in
+float32 among them: what a finer grid costs.
 
     python benchmarks/organism_step.py --steps 30 --out docs/organism_step.json
     python benchmarks/organism_step.py --steps 30 --beside coarse --out docs/organism_step_beside.json
+    python benchmarks/organism_step.py --steps 10 --patch 4 --out docs/organism_step_patch4.json
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import platform
@@ -30,8 +34,8 @@ from flmm_probe.organism.vision import optimizer_step
 class Trainer:
     """A variant's LLaVA stage from seed 0 (untrained tower, frozen), stepping on its recipe's batches."""
 
-    def __init__(self, variant: str, autocast: bool) -> None:
-        cfg = VARIANTS[variant]
+    def __init__(self, variant: str, autocast: bool, patch: int | None = None) -> None:
+        cfg = dataclasses.replace(VARIANTS[variant], patch=patch or VARIANTS[variant].patch)
         self.variant, self.autocast = variant, autocast
         self.processor = build_processor(cfg.patch)
         self.n_image_tokens = (IMAGE_SIZE // cfg.patch) ** 2
@@ -74,10 +78,13 @@ def main() -> None:
     parser.add_argument("--variant", default="small", choices=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=30, help="timed steps per precision (after 2 warm-up steps)")
     parser.add_argument("--beside", choices=list(VARIANTS), help="train this variant in a second process meanwhile")
+    parser.add_argument("--patch", type=int, help="also step the variant with patches of this many pixels, in float32")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(1)
     trainers = {"float32": Trainer(args.variant, autocast=False), "bfloat16": Trainer(args.variant, autocast=True)}
+    if args.patch:
+        trainers[f"float32, patch {args.patch}"] = Trainer(args.variant, autocast=False, patch=args.patch)
     context = multiprocessing.get_context("spawn")
     ready, stop = context.Event(), context.Event()
     other = None
@@ -100,6 +107,8 @@ def main() -> None:
         "variant": args.variant, "beside": args.beside, "steps": args.steps, "threads": 1,
         "median_seconds": {name: statistics.median(t) for name, t in times.items()},
         "bfloat16_over_float32": statistics.median(times["bfloat16"]) / statistics.median(times["float32"]),
+        **({f"patch_{args.patch}_over_float32": statistics.median(times[f"float32, patch {args.patch}"])
+            / statistics.median(times["float32"])} if args.patch else {}),
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
     }
     write_result(result, args.out)
