@@ -78,7 +78,7 @@ def coverage_frame(samples: Iterable[ScoredSample], kind: str = "fused", task: s
     for sample in tqdm(samples, desc="coverage", unit="sample", disable=not progress):
         maps = record_maps(sample.record, kind)  # (phrase, layer, head, y, x)
         for i, mask in enumerate(sample.masks):
-            if task is not None and sample.attributes and sample.attributes[i].get("task") != task:
+            if task is not None and (not sample.attributes or sample.attributes[i].get("task") != task):
                 continue
             cover = mask_to_grid(mask, tuple(maps.shape[-2:]))
             s, c, rho = phrase_coverage(maps[i], cover)

@@ -35,10 +35,10 @@ def learned_grid_oracle(train_masks: Sequence[np.ndarray], test_masks: Sequence[
                         levels: Sequence[float] = ()) -> dict[str, float]:
     """RES scores (cIoU, gIoU, P@0.5..0.9) of a U-Net fitted to map pooled masks back to the masks.
 
-    train_masks, test_masks: (H, W) bool masks, all of one image size.
-    levels: coverage thresholds; if given, each cell's coverage is replaced by the fraction of them it
-        reaches (levels (0.5,): 1 where at least half covered, else 0). The defaults are the CPU-sized
+    train_masks, test_masks: (H, W) bool masks, all of one image size. The defaults are the CPU-sized
     decoder of docs/results.md's fits (the paper's lr is 1e-4 for 8 epochs of far more phrases).
+    levels: coverage thresholds; if given, each cell's coverage is replaced by the fraction of them it
+        reaches (levels (0.5,): 1 where at least half covered, else 0).
     """
     if len(train_masks) < batch_size or not len(test_masks):
         raise ValueError(f"learned_grid_oracle needs at least batch_size={batch_size} train masks and one test mask, "
@@ -73,7 +73,8 @@ def pooled_coverage(masks: Sequence[np.ndarray], grid: tuple[int, int], levels: 
     cover = mask_to_grid(np.stack(masks), grid)[:, None]
     if not levels:
         return cover
-    # An all-zero map would be normalised to zeros, as the decoder does with a channel that has nothing.
+    # A referent that covers no cell enough leaves an all-zero map: the decoder sees nothing of it, as it
+    # would of a referent the maps miss.
     return sum((cover >= t).float() for t in levels) / len(levels)
 
 
