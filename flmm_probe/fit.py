@@ -544,6 +544,9 @@ def _resume(run_dir: Path, spec: dict[str, Any], grounder: Grounder, optimizer: 
                          f"({', '.join(f'{k}={saved.get(k)!r}' for k in differs)}). Pass the options it was started "
                          "with, or fit into a new folder.")
     done = saved["epochs_done"]
+    if not (run_dir / STATE_FILE.format(done)).exists():
+        raise FileNotFoundError(f"{run_dir} has no {STATE_FILE.format(done)}: it was fitted before fits saved their "
+                                "optimizer state, so it cannot be continued exactly; fit into a new folder.")
     state = torch.load(run_dir / STATE_FILE.format(done), weights_only=True)
     _load_trainable(grounder, run_dir / f"epoch_{done:03d}.safetensors")
     optimizer.load_state_dict(state["optimizer"])

@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from flmm_probe import fit as fit_module
 from flmm_probe import load_backbone
 from flmm_probe.cache import EmbeddingCache
 from flmm_probe.data.sources import ShapesGrounding
 from flmm_probe.fit import FitConfig, build_grounder, iter_log, load_grounder, lr_factor, mask_loss
 from flmm_probe.fit import fit as fit_grounder
-from flmm_probe import fit as fit_module
 from flmm_probe.organism.build import SamConfig, build_sam
 from flmm_probe.recording import record_dataset
 from flmm_probe.store import Store
@@ -150,6 +150,14 @@ def test_killed_fit_resumes_to_the_same_weights_and_log(recorded, tmp_path, monk
     assert without_time(run) == without_time(reference)
     assert (run / "grounder.json").read_text() == (reference / "grounder.json").read_text()
     assert sorted(p.name for p in run.glob("train_state_*")) == [f"train_state_{CONFIG['epochs']:03d}.pt"]
+
+    # A run whose training state is gone (fitted before fits saved it) is refused, not continued inexactly.
+    if kill == "mid_epoch":
+        state = run / f"train_state_{CONFIG['epochs']:03d}.pt"
+        state.rename(state.with_suffix(".away"))
+        with pytest.raises(FileNotFoundError, match="new folder"):
+            fit_grounder(store, dataset, sam, FitConfig(**CONFIG), run, cache, progress=False, resume=True)
+        state.with_suffix(".away").rename(state)
 
     # Resuming a finished fit changes nothing.
     before = load_file(str(run / "grounder.safetensors"))
