@@ -15,6 +15,8 @@ Files read from RUN_DIR, each optional (absent ones are skipped with a logged no
                           phrase (str) -> overlays*  (same stem as the .npz)
   masks.npz               images (n, H, W, 3), truth (n, H, W) bool, any of training_free, unet, sam
                           (n, H, W) bool; optional names (n,) -> masks
+  counterfactual_table.parquet
+                          analyses.counterfactual.counterfactual_table -> counterfactual
 
 Figures go to RUN_DIR/figures/<name>.pdf and <name>.png.
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .counterfactual import write_counterfactual
 from .head_heatmap import write_head_heatmap
 from .layer_curves import LAYER_METRICS, by_backbone, write_layer_curves
 from .masks import MASK_COLUMNS, write_masks
@@ -43,6 +46,7 @@ HEADS = "heads.parquet"
 TRAINING_STEPS = "training_steps.parquet"
 OVERLAYS = "overlays*.npz"
 MASKS = "masks.npz"
+COUNTERFACTUAL = "counterfactual_table.parquet"
 
 
 def _read(run_dir: Path, name: str) -> pd.DataFrame | None:
@@ -103,6 +107,9 @@ def render_all(
             written += write_masks(archive["images"], archive["truth"], predictions, out / "masks", names=names)
     else:
         log.info("skip masks: no %s", run_dir / MASKS)
+    counterfactual = _read(run_dir, COUNTERFACTUAL)
+    if counterfactual is not None:
+        written += write_counterfactual(counterfactual, out / "counterfactual")
     for path in written:
         log.info("wrote %s", path)
     return written

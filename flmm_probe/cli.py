@@ -6,6 +6,7 @@ Commands:
   record             record a dataset into a store (resumable; one shard set per torchrun rank)
   record-image       record one image + text + phrases into an AttentionRecord file
   analyze            score every layer's and head's maps against the masks -> parquet tables
+  counterfactual     words or position: every head on texts with their phrases permuted
   fit                fit the U-Net mask decoder and the SAM refiner from a store
   evaluate           RES (cIoU, gIoU, P@t) and PNG (average recall) metrics of a fitted grounder
   segment            one image + phrases -> mask PNGs and an overlay
@@ -18,6 +19,7 @@ Examples:
   flmm-probe record --backbone organism --data shapes:test:200 --store runs/shapes/store
   flmm-probe analyze --store runs/shapes/store --data shapes:test:200 --out runs/shapes
   flmm-probe figures runs/shapes
+  flmm-probe counterfactual --backbone organism --data shapes:test:100:caption --out runs/shapes/counterfactual
   flmm-probe record --backbone organism --data shapes:train:400:mix --store runs/shapes/train
   flmm-probe fit --store runs/shapes/train --data shapes:train:400:mix --out runs/shapes/fit
   flmm-probe evaluate --run runs/shapes/fit --store runs/shapes/store --data shapes:test:200
@@ -32,6 +34,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _backbone(args: argparse.Namespace):
@@ -98,8 +101,29 @@ def _analyze(args: argparse.Namespace) -> int:
     from .data.sources import open_dataset
     from .store import Store
 
-    for name, path in analyze(Store.open(args.store), open_dataset(args.data), args.out, sinks=args.sinks).items():
+    dataset = open_dataset(args.data)
+    for name, path in analyze(Store.open(args.store), dataset, args.out, sinks=args.sinks).items():
         print(f"{name}: {path}")
+    if args.backbone:
+        _print_counterfactual(_backbone(args), dataset, Path(args.out), seed=0, batch_size=8)
+    return 0
+
+
+def _print_counterfactual(backbone, dataset, out: Path, seed: int, batch_size: int) -> None:
+    import pandas as pd
+
+    from analyses.counterfactual import run, summary_line
+
+    table, skipped = run(backbone, dataset, out, seed=seed, batch_size=batch_size)
+    print(summary_line(table, pd.read_parquet(out / "counterfactual.parquet")))
+    print(f"skipped: {', '.join(f'{n} {reason}' for reason, n in sorted(skipped.items())) or 'none'}")
+    print(f"counterfactual_table: {out / 'counterfactual_table.parquet'}")
+
+
+def _counterfactual(args: argparse.Namespace) -> int:
+    from .data.sources import open_dataset
+
+    _print_counterfactual(_backbone(args), open_dataset(args.data), Path(args.out), args.seed, args.batch_size)
     return 0
 
 
@@ -298,7 +322,29 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--data", required=True, help="the dataset spec the store was recorded from")
     analyze.add_argument("--out", required=True, help="run folder for the tables")
     analyze.add_argument("--sinks", action="store_true", help="zero attention-sink cells before scoring")
+    analyze.add_argument("--backbone",
+                         help="also run `counterfactual` with this backbone (the one the store was recorded with) on the "
+                              "dataset's samples of several phrases: do the maps follow the words or their order?")
+    analyze.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="with --backbone: model dtype")
+    analyze.add_argument("--device-map", help="with --backbone: e.g. auto")
     analyze.set_defaults(handler=_analyze)
+
+    counterfactual = commands.add_parser(
+        "counterfactual", formatter_class=_Defaults,
+        help="words or position: record each text with its phrases in another order, score every head against "
+             "the object each phrase names and the one its slot held",
+        description="Record each sample's text as it is and with its phrases permuted (each phrase's words in another "
+                    "phrase's slot), on the same image, and score every layer and head with the pointing game against the "
+                    "object the phrase names and the object whose phrase held its slot. A head that follows the words "
+                    "points at the named object in both texts; one that follows list position points at the slot's.",
+    )
+    _backbone_arguments(counterfactual)
+    counterfactual.add_argument("--data", required=True,
+                                help="dataset spec with several phrases per text, e.g. shapes:test:100:caption or png:ROOT:val")
+    counterfactual.add_argument("--out", required=True, help="folder for counterfactual.parquet and counterfactual_table.parquet")
+    counterfactual.add_argument("--seed", type=int, default=0, help="draws each sample's permutation")
+    counterfactual.add_argument("--batch-size", type=int, default=8, help="samples per LMM forward")
+    counterfactual.set_defaults(handler=_counterfactual)
 
     fit = commands.add_parser(
         "fit", help="fit the U-Net decoder and SAM refiner from a store (torchrun-aware)",

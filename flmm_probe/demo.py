@@ -3,7 +3,8 @@
 shapes world + organism LLaVA:
   1. record train and test scenes into stores (the LMM runs once per sample, never again);
   2. where grounding lives: every layer's and head's maps of the test split against the masks, with
-     uniform and centre-prior baselines;
+     uniform and centre-prior baselines; and whether they follow the words or the phrases' order (the test
+     captions recorded again with their phrases permuted: analyses.counterfactual);
   3. how far attention alone gets: masks from the top 3 heads (chosen on the train split), alone and as
      SAM box / point prompts;
   4. fit the U-Net decoder and the SAM refiner on the train store, evaluate RES and PNG metrics on the
@@ -22,6 +23,8 @@ import numpy as np
 import pandas as pd
 from segment_anything import SamPredictor
 
+from analyses.counterfactual import run as run_counterfactual
+from analyses.counterfactual import summary_line
 from analyses.emergence import baseline_table, layer_curve
 from analyses.run import analyze, load
 from analyses.score import ScoredSample
@@ -53,6 +56,7 @@ def run_demo(
     stores = {name: _record(backbone, data, out / f"store_{name}", variant) for name, data in (("train", train), ("test", test))}
 
     analyze(stores["test"], test, out / "analysis")
+    run_counterfactual(backbone, ShapesGrounding("test", num_scenes, "caption"), out / "analysis", progress=False)
     tables = load(out / "analysis")
 
     analyze(stores["train"], train, out / "selection", progress=False)
@@ -143,6 +147,9 @@ def _report(
         )
     lines.append(f"  baselines: uniform map {base.loc['uniform', 'estimate']:.2f}, centre prior {base.loc['centre', 'estimate']:.2f}")
     lines.append(f"  best head overall: layer {int(top['layer'])} head {int(top['head'])} ({top['estimate']:.2f})")
+    # The same head, on the test captions recorded with their phrases in another order: words, or list position?
+    lines.append("  " + summary_line(tables["counterfactual_table"], tables["counterfactual"],
+                                     head=(int(top["layer"]), int(top["head"]))))
     lines += ["", f"Attention alone (top {len(heads)} heads, chosen on the train split: {heads}), referring expressions:"]
     for _, row in training_free.iterrows():
         lines.append(f"  {row['method']:<14} cIoU {100 * row['cIoU']:5.1f}  gIoU {100 * row['gIoU']:5.1f}")

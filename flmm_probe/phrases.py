@@ -7,6 +7,7 @@ characters.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -21,35 +22,59 @@ class PhraseError(ValueError):
     """A phrase cannot be located in the text or in its tokens; the message names it."""
 
 
+def _word_match(text: str, phrase: str, start: int) -> int:
+    """Index of the first occurrence of ``phrase`` in ``text`` at or after ``start`` that begins and ends on word
+    boundaries (where the phrase's own first or last character is a word character), or -1."""
+    pattern = (r"(?<!\w)" if re.match(r"\w", phrase) else "") + re.escape(phrase) + (r"(?!\w)" if re.search(r"\w$", phrase) else "")
+    found = re.compile(pattern).search(text, start)
+    return found.start() if found else -1
+
+
+def _span(phrase: object, text: str) -> Span:
+    """A (start, end) span given as a pair of integers, checked and trimmed of surrounding whitespace."""
+    if isinstance(phrase, (bytes, dict)) or not isinstance(phrase, Sequence) or len(phrase) != 2 \
+            or not all(isinstance(x, int) or (torch.is_tensor(x) and x.numel() == 1) for x in phrase):
+        raise PhraseError(f"Phrase {phrase!r} is neither a string nor a (start, end) pair of char offsets.")
+    start, end = (int(x) for x in phrase)
+    if not 0 <= start < end <= len(text):
+        raise PhraseError(f"Span {tuple(phrase)} is empty or outside the text (length {len(text)}).")
+    words = text[start:end]
+    if not words.strip():
+        raise PhraseError(f"Span {tuple(phrase)} covers only whitespace: {words!r}.")
+    return start + len(words) - len(words.lstrip()), end - len(words) + len(words.rstrip())
+
+
 def resolve_spans(text: str, phrases: Sequence[PhraseLike]) -> list[Span]:
     """Char spans (start, end) of `phrases` in `text`.
 
-    A phrase is a string or a (start, end) span. A string is looked up from the end of the previous
-    phrase's match (so repeated words resolve in reading order), and from the start of the text if it
-    does not occur after it. Raises PhraseError for an empty phrase, a string not in the text, a span
-    out of range, or two phrases that overlap.
+    A phrase is a string or a (start, end) span. A string matches whole words only ("red" is not the "red" in
+    "colored") and is looked up from the end of the previous phrase's match (so repeated words resolve in
+    reading order), and from the start of the text if it does not occur after it. Whitespace around a phrase
+    is not part of it (a span that includes some is trimmed): a trailing space would otherwise take in the
+    next word's first token, whose offsets begin with the space. Raises PhraseError for a bare string in
+    place of the list, a phrase that is neither a string nor a pair of offsets, an empty phrase, a string not
+    in the text or only inside longer words, a span out of range, or two phrases that overlap.
     """
+    if isinstance(phrases, str):
+        raise PhraseError(f"phrases is the string {phrases!r}: pass a list of phrases, e.g. [{phrases!r}].")
     if not phrases:
         raise PhraseError("No phrases given: pass at least one phrase string or (start, end) char span.")
     spans: list[Span] = []
     cursor = 0
     for phrase in phrases:
         if isinstance(phrase, str):
-            if not phrase.strip():
+            words = phrase.strip()
+            if not words:
                 raise PhraseError(f"Empty phrase {phrase!r}: every phrase needs at least one visible character.")
-            start = text.find(phrase, cursor)
+            start = _word_match(text, words, cursor)
             if start < 0:
-                start = text.find(phrase)
+                start = _word_match(text, words, 0)
             if start < 0:
-                raise PhraseError(f"Phrase {phrase!r} is not in the text {text!r}.")
-            span = (start, start + len(phrase))
+                inside = "only inside a longer word of" if words in text else "not in"
+                raise PhraseError(f"Phrase {phrase!r} is {inside} the text {text!r}; phrases match whole words.")
+            span = (start, start + len(words))
         else:
-            start, end = (int(x) for x in phrase)
-            if not 0 <= start < end <= len(text):
-                raise PhraseError(f"Span {phrase} is empty or outside the text (length {len(text)}).")
-            if not text[start:end].strip():
-                raise PhraseError(f"Span {phrase} covers only whitespace: {text[start:end]!r}.")
-            span = (start, end)
+            span = _span(phrase, text)
         spans.append(span)
         cursor = span[1]
     ordered = sorted(range(len(spans)), key=lambda i: spans[i])

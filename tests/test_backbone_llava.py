@@ -59,3 +59,16 @@ def test_llava_record_mass_and_key_norms_match_eager():
     assert torch.allclose(record.image_mass[0], expected_mass, atol=1e-6)
     assert record.key_norms["global"].shape == (3, 2, 6, 4)  # (layer, kv_head, y, x) for a 48x32 image
     assert bool((record.key_norms["global"][:, :, 1:5] > 0).all())  # rows 0 and 5 lie outside the centre crop
+
+
+def test_llava_refuses_texts_it_cannot_read_as_they_are():
+    model, processor = tiny_llava()
+    backbone = load_backbone(model, processor)
+    img = SAMPLES[0][0]
+    with pytest.raises(ValueError, match="image placeholder '<image>'"):
+        backbone.record(img, "a red circle <image> left of it", ["red circle"])
+    limit = model.config.text_config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"more than the model's {limit} positions"):
+        backbone.record(img, " ".join(["red"] * limit), ["red"])
+    with pytest.raises(ValueError, match="non-empty string"):
+        backbone.record(img, None, ["red"])

@@ -9,11 +9,12 @@ def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for command in ("demo", "backbones", "record", "record-image", "analyze", "fit", "evaluate", "segment", "figures", "organism train"):
+    for command in ("demo", "backbones", "record", "record-image", "analyze", "counterfactual", "fit", "evaluate", "segment",
+                    "figures", "organism train"):
         assert command in text
 
 
-@pytest.mark.parametrize("command", ["demo", "record", "analyze", "fit", "evaluate", "segment"])
+@pytest.mark.parametrize("command", ["demo", "record", "analyze", "counterfactual", "fit", "evaluate", "segment"])
 def test_every_option_is_explained(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
@@ -37,3 +38,16 @@ def test_unknown_arguments_are_refused():
 def test_record_defaults_to_the_organism():
     args = build_parser().parse_args(["record", "--data", "shapes:test:2", "--store", "s"])
     assert args.backbone == "organism" and args.batch_size == 1
+
+
+def test_counterfactual_and_analyze_report_words_or_position(tmp_path, capsys):
+    data = "shapes:test:6:caption"
+    assert main(["counterfactual", "--data", data, "--out", str(tmp_path / "cf")]) == 0
+    out = capsys.readouterr().out
+    assert "points at the object the phrase names" in out and "skipped: " in out
+    assert (tmp_path / "cf" / "counterfactual_table.parquet").exists()
+    assert main(["record", "--data", data, "--store", str(tmp_path / "store")]) == 0
+    assert main(["analyze", "--store", str(tmp_path / "store"), "--data", data, "--out", str(tmp_path / "run"),
+                 "--backbone", "organism"]) == 0
+    out = capsys.readouterr().out
+    assert "head_table: " in out and "points at the object the phrase names" in out

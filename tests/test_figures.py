@@ -12,8 +12,10 @@ import pytest
 import torch
 from matplotlib.image import imread
 
+from analyses.counterfactual import counterfactual_frame, counterfactual_table
 from analyses.heads import localization_heads
 from analyses.score import ScoredSample, baseline_frame, score_records
+from figures.counterfactual import write_counterfactual
 from figures.head_heatmap import write_head_heatmap
 from figures.layer_curves import write_layer_curves
 from figures.masks import iou, write_masks
@@ -21,6 +23,9 @@ from figures.overlays import head_scores, top_heads, write_overlays
 from figures.render import main, render_all
 from figures.training_steps import write_training_steps
 from flmm_probe.record import AttentionRecord
+
+from test_analyses_counterfactual import SAMPLES as COUNTERFACTUAL_SAMPLES
+from test_analyses_counterfactual import PlantedBackbone
 
 GRID, SCALE = 8, 8  # 8 x 8 attention grid on a 64 x 64 image
 BOOT = {"n_boot": 100}
@@ -131,7 +136,17 @@ def test_training_steps(tmp_path, kind):
     assert_rendered(paths, kind)
 
 
-def test_render_all_reads_a_run_folder(run, tmp_path):
+@pytest.fixture(scope="module")
+def counterfactual():
+    frame, _ = counterfactual_frame(PlantedBackbone(COUNTERFACTUAL_SAMPLES), COUNTERFACTUAL_SAMPLES)
+    return counterfactual_table(frame, n_boot=50)
+
+
+def test_counterfactual(counterfactual, tmp_path):
+    assert_rendered(write_counterfactual(counterfactual, tmp_path / "counterfactual"), "counterfactual")
+
+
+def test_render_all_reads_a_run_folder(run, counterfactual, tmp_path):
     assert render_all(tmp_path) == [] and main([str(tmp_path)]) == 1
     run["scores"].to_parquet(tmp_path / "scores.parquet")
     run["baselines"].to_parquet(tmp_path / "baselines.parquet")
@@ -146,11 +161,12 @@ def test_render_all_reads_a_run_folder(run, tmp_path):
     truth = np.stack([s.masks[1] for s in run["samples"][:2]])
     images = np.stack(run["images"][:2])
     np.savez(tmp_path / "masks.npz", images=images, truth=truth, training_free=np.roll(truth, 3, axis=1), sam=truth)
+    counterfactual.to_parquet(tmp_path / "counterfactual_table.parquet")
     paths = render_all(tmp_path, metrics=("pointing", "best_iou"), n_boot=50)
     stems = {Path(p).stem for p in paths}
     assert stems == {
         "layer_curves", "head_heatmap_pointing", "head_heatmap_best_iou", "training_steps_pointing",
-        "training_steps_best_iou", "overlays_s1_0", "masks",
+        "training_steps_best_iou", "overlays_s1_0", "masks", "counterfactual",
     }
     assert all(p.parent == tmp_path / "figures" for p in paths)
     assert_rendered(paths)

@@ -46,7 +46,7 @@ from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, TextRecipe, conversa
 from flmm_probe.organism import text, train
 from flmm_probe.organism.train import (AUTOCAST, BATCH, COUNT_QUESTIONS, DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LISTING_LEADS,
                                        LMM_STEPS, LR, OBJECT_LISTINGS, RANK_TARGET, RANKED_EXPRESSIONS, REFERRING_KINDS,
-                                       REFERRING_QUESTIONS, RELATIONAL_EXPRESSIONS, SAM_BATCH, SAM_LR, SAM_STEPS, SEED,
+                                       REASONING, REFERRING_QUESTIONS, RELATIONAL_EXPRESSIONS, SAM_BATCH, SAM_LR, SAM_STEPS, SEED,
                                        SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, lmm_batch, main, shared_threads,
                                        text_recipe, train_lmm)
 from flmm_probe.organism.vision import ATTRIBUTES, RANK, object_patch_accuracy, optimizer_step, patch_labels
@@ -523,7 +523,7 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
     assert "rank" in recorded["given", "coarse"]["vision_object_patch_accuracy"], "the rank head was trained and scored"
     assert main(["--out", str(tmp_path / "ranked"), "--variants", "coarse", "--ranked-expressions", *common]) == 0
     assert json.loads((tmp_path / "ranked" / "coarse" / "final" / "training.json").read_text())["ranked_expressions"] is True
-    assert all(len({d[v] for v in VARIANTS}) == 2 for d in (LR, RANK_TARGET, SHUFFLE_INVENTORY, OBJECT_LISTINGS))
+    assert all(len({d[v] for v in VARIANTS}) == 2 for d in (LR, SHUFFLE_INVENTORY, OBJECT_LISTINGS))
     environment = recorded["default", "small"]["environment"]
     assert environment["torch"] == torch.__version__ and environment["threads"] == 1  # --threads' default
 
@@ -646,12 +646,13 @@ def test_shipped_models_were_trained_with_the_defaults(variant):
             meta.get("rank_target", False), meta.get("shuffle_inventory", False),
             meta.get("object_listings", 0.0), meta.get("descriptions", DESCRIPTIONS), meta.get("count_questions", 0.0),
             meta.get("listing_leads", ["shape"]), meta.get("autocast", "float32"), meta.get("referring_questions", 0.0),
-            meta.get("referring_kinds", ["relational"])) == \
+            meta.get("referring_kinds", ["relational"]), meta.get("reasoning", 0.0)) == \
         (LMM_STEPS[variant], LR[variant], VISION_STEPS[variant], VISION_LR_SCALE, SEED[variant], None,
          GROUNDED_EXPRESSIONS[variant], RANKED_EXPRESSIONS[variant], RELATIONAL_EXPRESSIONS[variant], RANK_TARGET[variant],
          SHUFFLE_INVENTORY[variant], OBJECT_LISTINGS[variant],
          DESCRIPTION_MIX[variant], COUNT_QUESTIONS[variant],
-         list(LISTING_LEADS[variant]), AUTOCAST, REFERRING_QUESTIONS[variant], list(REFERRING_KINDS[variant]))
+         list(LISTING_LEADS[variant]), AUTOCAST, REFERRING_QUESTIONS[variant], list(REFERRING_KINDS[variant]),
+         REASONING[variant])
 
 
 def test_shipped_sam_was_trained_with_the_defaults():

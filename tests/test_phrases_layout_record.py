@@ -17,10 +17,21 @@ def test_strings_resolve_in_reading_order():
     assert resolve_spans(TEXT, [(4, 7), "square"]) == [(4, 7), (31, 37)]
 
 
+def test_strings_match_whole_words_and_leave_surrounding_whitespace_out():
+    text = "the colored square left of a red circle"
+    assert resolve_spans(text, ["red"]) == [(29, 32)], "not the 'red' inside 'colored'"
+    assert resolve_spans(text, ["the colored square "]) == [(0, 18)]
+    assert resolve_spans(text, [(28, 33), (0, 3)]) == [(29, 32), (0, 3)]
+    assert resolve_spans("a cat, a dog.", ["cat,"]) == [(2, 6)] and resolve_spans("a cat, a dog.", [", a dog."]) == [(5, 13)]
+    assert resolve_spans("(the cat) sat", ["(the cat)"]) == [(0, 9)], "edges that are not word characters need no boundary"
+
+
 @pytest.mark.parametrize(
     "phrases,message",
     [(["blue"], "'blue' is not in the text"), ([" "], "Empty phrase"), ([(5, 50)], "outside"),
-     (["red circle", "circle left"], "overlap"), ([], "No phrases")],
+     (["red circle", "circle left"], "overlap"), ([], "No phrases"), (["ed"], "only inside a longer word"),
+     ("red", "pass a list of phrases"), ([3], "neither a string nor"), ([(1, 2, 3)], "neither a string nor"),
+     ([("a", "b")], "neither a string nor"), ([(3, 4)], "only whitespace")],
 )
 def test_bad_phrases_are_named(phrases, message):
     with pytest.raises(PhraseError, match=message):

@@ -9,10 +9,13 @@ from flmm_probe.data.shapes import (
     COLOURS,
     HELD_OUT_PAIRS,
     IMAGE_SIZE,
+    LAYOUTS,
     NUMBERS,
     PLURALS,
     ShapesDataset,
+    layout,
     make_scene,
+    reasoning_questions,
     vocabulary,
 )
 
@@ -119,11 +122,55 @@ def test_questions_are_answered_by_the_scene():
 def test_inventory_names_each_object_by_shape_then_colour_and_size():
     for s in SCENES:
         items = s.inventory.rstrip(".").split(", ")
-        assert items == [f"the {o.shape} is {o.colour} and {o.size}" for o in s.objects]
+        assert items == [f"the {s.objects[i].shape} is {s.objects[i].colour} and {s.objects[i].size}" for i in s.order]
+
+
+def test_texts_name_the_objects_in_a_random_order_not_left_to_right():
+    firsts = []
+    for s in SCENES:
+        assert sorted(s.order) == list(range(len(s.objects)))
+        assert [p.object_ids for p in s.caption_phrases] == [(i,) for i in s.order]
+        things = [p.object_ids for p in s.narrative_phrases if p.is_thing]
+        assert sorted(i for ids in things for i in ids) == list(range(len(s.objects)))
+        assert [min(s.order.index(i) for i in ids) for ids in things] == sorted(min(s.order.index(i) for i in ids) for ids in things)
+        if len(s.objects) >= 3:
+            firsts.append(s.order[0])
+    # The first object named is the leftmost about as often as any other: no text follows the layout.
+    share = np.mean(np.array(firsts) == 0)
+    assert 0.1 < share < 0.45, share
+
+
+def _touches_frame(mask: np.ndarray) -> bool:
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+
+
+def _gap(a: np.ndarray, b: np.ndarray) -> int:
+    """Background pixels between two masks along the nearest 8-connected path (0: they touch)."""
+    ya, xa = np.nonzero(a)
+    yb, xb = np.nonzero(b)
+    return int(np.maximum(np.abs(ya[:, None] - yb[None]), np.abs(xa[:, None] - xb[None])).min()) - 1
+
+
+def test_layouts_place_objects_against_the_frame_or_close_together():
+    assert {layout("test", i, 0) for i in range(50)} == {"spread"}
+    drawn = [layout("train", i, 0) for i in range(2000)]
+    assert set(drawn) == set(LAYOUTS) and 0.7 < drawn.count("spread") / len(drawn) < 0.9
+    touching = []
+    for i in range(60):
+        spread, edge, close = (make_scene(split, i) for split in ("test", "edge", "close"))
+        touching.append(any(_touches_frame(o.mask) for o in spread.objects))
+        assert any(_touches_frame(o.mask) for o in edge.objects)
+        for scene in (spread, edge, close):
+            gaps = [_gap(o.mask, p.mask) for k, o in enumerate(scene.objects) for p in scene.objects[k + 1:]]
+            assert min(gaps, default=1) >= 1, "objects never touch"
+        if len(close.objects) > 1:
+            nearest = [min(_gap(o.mask, p.mask) for p in close.objects if p is not o) for o in close.objects]
+            assert max(nearest) <= 6, nearest  # extents 1-2 px apart; corners and curves leave more
+    assert np.mean(touching) < 0.1, "a spread scene's objects touch the frame only where a triangle's base is wider than r"
 
 
 def test_compositional_split_is_held_out():
-    for split in ("train", "val", "test"):
+    for split in ("train", "val", "test", "edge", "close"):
         for i in range(200):
             assert not any((o.colour, o.shape) in HELD_OUT_PAIRS for o in make_scene(split, i).objects)
     for i in range(100):
@@ -146,3 +193,25 @@ def test_dataset_and_errors():
         ds[5]
     with pytest.raises(ValueError, match="unknown split"):
         make_scene("training", 0)
+
+
+def test_reasoning_questions_name_an_object_no_word_of_theirs_names():
+    kinds = set()
+    for s in SCENES:
+        for r in reasoning_questions(s.objects):
+            kinds.add(r.kind)
+            target = s.objects[r.target]
+            assert r.answer == f"the {target.size} {target.colour} {target.shape}"
+            assert [o.words for o in s.objects].count(target.words) == 1, "the answer's words fit its object alone"
+            word = r.question.removesuffix("?").split()[-1]
+            if r.kind == "negation":
+                others = [o for o in s.objects if o is not target]
+                assert word not in (target.colour, target.shape) and all(word in (o.colour, o.shape) for o in others)
+            elif word in ("leftmost", "rightmost"):
+                xs = [o.cx for o in s.objects]
+                assert target.cx == (min(xs) if word == "leftmost" else max(xs))
+            else:
+                areas = sorted(o.area for o in s.objects if o is not target)
+                assert target.area > 1.3 * areas[-1] if word == "largest" else 1.3 * target.area < areas[0]
+    assert kinds == {"superlative", "negation"}
+    assert reasoning_questions(make_scene("train", 2).objects) == [], "one object: nothing to infer"

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
+from ..images import ImageLike, to_rgb
 from ..layout import Layout
 from ..phrases import PhraseLike, Span, pool, resolve_spans, span_tokens
 from ..probe import AttentionProbe
@@ -26,7 +25,6 @@ from ..record import AttentionRecord
 # PAPER.md step 1: the text to ground is the assistant's answer to this instruction.
 DEFAULT_INSTRUCTION = "Please give me a description of the image."
 
-ImageLike = Image.Image | np.ndarray | str | Path
 
 _REGISTRY: dict[str, type[Backbone]] = {}
 
@@ -66,17 +64,8 @@ def adapter_for(model_type: str) -> type[Backbone]:
 
 
 def load_image(image: ImageLike) -> Image.Image:
-    """An RGB PIL image from a PIL image, an HxWx3 uint8 array or a file path."""
-    if isinstance(image, (str, Path)):
-        with Image.open(image) as opened:
-            return opened.convert("RGB")
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"Expected an HxWx3 uint8 array, got {image.shape} {image.dtype}.")
-        return Image.fromarray(image)
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    raise TypeError(f"Expected a PIL image, an HxWx3 uint8 array or a path, got {type(image).__name__}.")
+    """An 8-bit RGB PIL image from a path, a PIL image of any mode or an array (``flmm_probe.images.to_rgb``)."""
+    return to_rgb(image)
 
 
 @dataclass
@@ -139,7 +128,7 @@ class Backbone:
     def prepare(self, images: Sequence[ImageLike], texts: Sequence[str], phrases: Sequence[Sequence[PhraseLike]]) -> Prepared:
         """Process a batch and locate image tokens and phrase tokens."""
         pil = [load_image(image) for image in images]
-        texts = [_check_text(text) for text in texts]
+        texts = [self._check_text(text) for text in texts]
         spans = [resolve_spans(text, p) for text, p in zip(texts, phrases)]
         prompt = self.prompt()
         # One image per sample, nested: some processors (Gemma 3) read a flat list as one sample's images.
@@ -150,6 +139,10 @@ class Backbone:
             return_offsets_mapping=True,
             return_tensors="pt",
         )
+        limit = _max_positions(self.model.config)
+        if limit is not None and inputs["input_ids"].shape[1] > limit:
+            raise ValueError(f"A prompt of this batch is {inputs['input_ids'].shape[1]} tokens (image tokens included), more "
+                             f"than the model's {limit} positions: shorten the text or give a smaller image.")
         layouts, tokens = [], []
         for i, (image, text) in enumerate(zip(pil, texts)):
             layouts.append(self.layout(inputs, i, (image.height, image.width)))
@@ -220,12 +213,24 @@ class Backbone:
         return records
 
 
-def _check_text(text: str) -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("The text must be a non-empty string.")
-    if text != text.rstrip():
-        raise ValueError("The text must not end with whitespace (its position is found from its end); strip it.")
-    return text
+    def _check_text(self, text: str) -> str:
+        """``text`` if the backbone can read it as the answer; a ValueError that says what to change otherwise."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"The text must be a non-empty string, not {text!r}.")
+        if text != text.rstrip():
+            raise ValueError("The text must not end with whitespace (its position is found from its end); strip it.")
+        markers = [getattr(self.processor, name, None) for name in ("image_token", "boi_token", "video_token")]
+        typed = [m for m in markers if isinstance(m, str) and m and m in text]
+        if typed:
+            raise ValueError(f"The text contains the image placeholder {typed[0]!r}, which the processor would expand into "
+                             "image tokens: the image is passed separately; remove it from the text.")
+        return text
+
+
+def _max_positions(config) -> int | None:
+    """The language model's number of positions, where its config says it."""
+    text = getattr(config, "text_config", None) or getattr(config, "llm_config", None) or config
+    return getattr(text, "max_position_embeddings", None)
 
 
 def _pad_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:

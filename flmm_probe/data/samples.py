@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from flmm_probe.images import ImageError, to_rgb
+
 log = logging.getLogger(__name__)
 
 
@@ -109,10 +111,9 @@ class GroundingSample:
             if self.image_path is None or not self.image_path.is_file():
                 raise SampleError("missing image", f"{self.image_path} does not exist; check the image folder")
             try:
-                with Image.open(self.image_path) as opened:
-                    image = opened.convert("RGB")
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
-                raise SampleError("unreadable image", f"{self.image_path}: {err}") from err
+                image = to_rgb(self.image_path)
+            except ImageError as err:
+                raise SampleError("unreadable image", str(err)) from err
             if (image.height, image.width) != self.image_size:
                 raise SampleError(
                     "image size",

@@ -5,19 +5,28 @@ floor band (the "stuff"). Everything is a pure function of ``(split, index, seed
 re-made anywhere without storing it. Each scene carries:
 
 - ``objects``: shape, colour, size class and the exact visible boolean mask (H, W) of each object;
-- ``caption``: the objects left to right, e.g. "a large red circle, a small blue cross and a small
-  green square." with one noun phrase per object (``caption_phrases``);
+- ``caption``: the objects in the scene's ``order``, e.g. "a small blue cross, a large red circle and a
+  small green square." with one noun phrase per object (``caption_phrases``);
 - ``expressions``: RefCOCO-style referring expressions that single out one object, some relational
   ("the red circle left of the blue square") and some superlative ("the largest triangle");
 - ``narrative``: a PNG-style narrative whose noun phrases (singular, plural, things and stuff) are
   char spans into it, each with its mask;
-- ``inventory``: the answer to ``LIST_OBJECTS``, each object left to right named by its shape first,
-  e.g. "the circle is red and large, the cross is blue and small." (the organism's one training text
-  whose colour and size words follow the shape word they belong to);
+- ``inventory``: the answer to ``LIST_OBJECTS``, each object in ``order`` named by its shape first,
+  e.g. "the cross is blue and small, the circle is red and large." (colour and size words after the
+  shape word they belong to);
 - ``qa``: questions with one-word answers ("what colour is the triangle?" -> "red").
 
-Splits ``train``/``val``/``test`` never contain the colour-shape pairs in ``HELD_OUT_PAIRS``; every
-scene of the ``compositional`` split contains at least one of them.
+``objects`` are indexed left to right, but no text follows that order: ``order`` is a random permutation
+(drawn apart from the image, which it never changes) in which the caption, the narrative's groups and the
+inventory name the objects. A text whose k-th phrase is always the k-th object from the left lets a model
+find an object by the phrase's place in the list instead of its words, and a grounding score then
+measures list position (``analyses.counterfactual`` tells the two apart).
+
+Splits ``train``/``val``/``test``/``edge``/``close`` never contain the colour-shape pairs in ``HELD_OUT_PAIRS``;
+every scene of the ``compositional`` split contains at least one of them. Layouts (``LAYOUTS``): objects keep
+clear of the frame and of each other ("spread", the val, test and compositional splits), are cut by the frame
+("edge") or stand 1-2 px apart ("close"); the ``edge`` and ``close`` splits hold only those, and each train
+scene draws its layout from ``TRAIN_LAYOUTS``.
 """
 
 from __future__ import annotations
@@ -49,7 +58,10 @@ FLOORS = ("striped", "checkered", "grassy")
 NUMBERS = ("zero", "one", "two", "three", "four", "five")
 # Colour-shape pairs that no train/val/test scene contains (one per shape and per colour).
 HELD_OUT_PAIRS = frozenset({("red", "triangle"), ("blue", "cross"), ("green", "diamond"), ("yellow", "circle"), ("purple", "square")})
-SPLITS = ("train", "val", "test", "compositional")
+SPLITS = ("train", "val", "test", "compositional", "edge", "close")
+LAYOUTS = ("spread", "edge", "close")
+# Train scenes' layouts: mostly spread, so that a spread train scene is the one the same index always gave.
+TRAIN_LAYOUTS = {"spread": 0.8, "edge": 0.1, "close": 0.1}
 DESCRIBE = "Please give me a description of the image."
 LIST_OBJECTS = "Please list the objects."
 # Answered by the caption's phrases in a random order (the organism's training only; F-LMM records after DESCRIBE).
@@ -118,7 +130,8 @@ class QA:
 
 @dataclass
 class Scene:
-    """One scene. ``image``: (H, W, 3) uint8 RGB. Objects are listed left to right."""
+    """One scene. ``image``: (H, W, 3) uint8 RGB. ``objects`` are indexed left to right; ``order`` is the
+    order in which the caption, narrative and inventory name them."""
 
     split: str
     index: int
@@ -134,12 +147,15 @@ class Scene:
     narrative_phrases: list[Phrase]
     inventory: str
     qa: list[QA] = field(default_factory=list)
+    order: tuple[int, ...] = ()
 
 
-def _rng(split: str, index: int, seed: int) -> np.random.Generator:
+def _rng(split: str, index: int, seed: int, stream: int = 0) -> np.random.Generator:
+    """The scene's random stream ``stream``: 0 draws the image and its questions, 1 the order of its texts."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    return np.random.default_rng([seed, zlib.crc32(split.encode()), index])
+    key = [seed, zlib.crc32(split.encode()), index]
+    return np.random.default_rng(key if stream == 0 else key + [stream])
 
 
 def shape_mask(shape: str, cx: float, cy: float, r: float, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -203,16 +219,53 @@ def _sample_objects(rng: np.random.Generator, split: str) -> list[tuple[str, str
     return out
 
 
-def _place(rng: np.random.Generator, specs: list[tuple[str, str, str]]) -> list[tuple[float, float, float]]:
-    """Non-overlapping (cx, cy, r) for each spec; drops specs that do not fit after many tries."""
+def layout(split: str, index: int, seed: int) -> str:
+    """How scene ``index`` of ``split`` places its objects (``LAYOUTS``)."""
+    if split == "train":
+        return str(_rng(split, index, seed, stream=2).choice(list(TRAIN_LAYOUTS), p=list(TRAIN_LAYOUTS.values())))
+    return split if split in LAYOUTS else "spread"
+
+
+def _centre(rng: np.random.Generator, r: float, placed: list[tuple[float, float, float]], style: str) -> tuple[float, float]:
+    """A candidate centre for an object of half-extent r. "edge": the first object against a side of the frame
+    (its mask reaches the border row or column: every shape spans at least 0.85 r from its centre), the others
+    up to half out of it; "close": next to a placed object, with 1-2 background pixels between their extents."""
+    inside = (r + 1, IMAGE_SIZE - r - 1)
+    if style == "edge":
+        if not placed:
+            along, against = rng.uniform(*inside), rng.uniform(0.5 * r, 0.85 * r)
+            side = int(rng.integers(4))
+            against = against if side % 2 == 0 else IMAGE_SIZE - against
+            return (against, along) if side < 2 else (along, against)
+        return rng.uniform(0.5 * r, IMAGE_SIZE - 0.5 * r), rng.uniform(0.5 * r, IMAGE_SIZE - 0.5 * r)
+    if style == "close" and placed:
+        x, y, q = placed[int(rng.integers(len(placed)))]
+        gap, shift, side = q + r + rng.uniform(2.05, 3.0), rng.uniform(-0.5, 0.5) * q, int(rng.integers(4))
+        sign = 1 if side % 2 == 0 else -1
+        return (x + sign * gap, y + shift) if side < 2 else (x + shift, y + sign * gap)
+    return rng.uniform(*inside), rng.uniform(*inside)
+
+
+def _place(rng: np.random.Generator, specs: list[tuple[str, str, str]], style: str = "spread") -> list[tuple[float, float, float]]:
+    """Non-overlapping (cx, cy, r) for each spec, placed as the layout ``style`` says; drops specs that do not
+    fit after many tries. Objects never overlap and keep at least one background pixel between them."""
     placed: list[tuple[float, float, float]] = []
-    for _, _, size in specs:
+    near = np.zeros((IMAGE_SIZE, IMAGE_SIZE), bool)  # "close": the placed masks grown by one pixel (8-neighbourhood)
+    for _, shape, size in specs:
         lo, hi = SIZE_RADIUS[size]
         for _ in range(200):
             r = float(rng.uniform(lo, hi))
-            cx = float(rng.uniform(r + 1, IMAGE_SIZE - r - 1))
-            cy = float(rng.uniform(r + 1, IMAGE_SIZE - r - 1))
-            ok = all(max(abs(cx - x), abs(cy - y)) > r + q + 2 and abs(cx - x) >= _MIN_DX for x, y, q in placed)
+            cx, cy = (float(v) for v in _centre(rng, r, [p for p in placed if not np.isnan(p[0])], style))
+            margin = 0.5 * r if style == "edge" else r + 1
+            ok = margin <= min(cx, cy) and max(cx, cy) <= IMAGE_SIZE - margin
+            ok = ok and all(max(abs(cx - x), abs(cy - y)) > r + q + 2 and abs(cx - x) >= _MIN_DX for x, y, q in placed)
+            if ok and style == "close":  # a triangle's base is wider than r: check the pixels themselves
+                mask = shape_mask(shape, cx, cy, r)
+                ok = not (mask & near).any()
+                if ok:
+                    grown = np.pad(mask, 1)
+                    near |= np.logical_or.reduce([grown[1 + dy : 1 + dy + IMAGE_SIZE, 1 + dx : 1 + dx + IMAGE_SIZE]
+                                                  for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
             if ok:
                 placed.append((cx, cy, r))
                 break
@@ -239,21 +292,25 @@ def _spans(text_parts: list[str], sep_parts: list[str]) -> tuple[str, list[tuple
     return text, spans
 
 
-def _caption(objects: list[Obj]) -> tuple[str, list[Phrase]]:
-    parts = [_article_phrase(o) for o in objects]
+def caption(objects: list[Obj], order: tuple[int, ...]) -> tuple[str, list[Phrase]]:
+    """"a large red circle, a small blue cross and a small green square." naming ``objects[i]`` for ``i`` in
+    ``order``; its phrases in text order, each with its object's index in ``object_ids``."""
+    parts = [_article_phrase(objects[i]) for i in order]
     seps = [""] + [", "] * max(0, len(parts) - 2) + ([" and "] if len(parts) > 1 else [])
     text, spans = _spans(parts, seps)
-    phrases = [Phrase(p, s, e, o.mask, False, True, (i,)) for i, (p, (s, e), o) in enumerate(zip(parts, spans, objects))]
+    phrases = [Phrase(p, s, e, objects[i].mask, False, True, (i,)) for i, p, (s, e) in zip(order, parts, spans)]
     return text + ".", phrases
 
 
-def _inventory(objects: list[Obj]) -> str:
-    return ", ".join(f"the {o.shape} is {o.colour} and {o.size}" for o in objects) + "."
+def _inventory(objects: list[Obj], order: tuple[int, ...]) -> str:
+    return ", ".join(f"the {objects[i].shape} is {objects[i].colour} and {objects[i].size}" for i in order) + "."
 
 
-def _narrative(rng: np.random.Generator, objects: list[Obj], floor: str | None, stuff: dict[str, np.ndarray]) -> tuple[str, list[Phrase]]:
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i, o in enumerate(objects):
+def _narrative(rng: np.random.Generator, objects: list[Obj], floor: str | None, stuff: dict[str, np.ndarray],
+               order: tuple[int, ...]) -> tuple[str, list[Phrase]]:
+    groups: dict[tuple[str, str], list[int]] = {}  # in order of each group's first object in ``order``
+    for i in order:
+        o = objects[i]
         groups.setdefault((o.colour, o.shape), []).append(i)
     parts, ids = [], []
     for (colour, shape), members in groups.items():
@@ -275,6 +332,7 @@ def _narrative(rng: np.random.Generator, objects: list[Obj], floor: str | None, 
     phrases = []
     for p, (s, e), members in zip(parts, spans, ids):
         mask = np.logical_or.reduce([objects[i].mask for i in members])
+        members = tuple(sorted(members))
         phrases.append(Phrase(p, s, e, mask, len(members) > 1, True, members))
     for (p, key), (s, e) in zip(stuff_parts, spans[len(parts):]):
         phrases.append(Phrase(p, s, e, stuff[key], False, False, ()))
@@ -337,6 +395,45 @@ def count_question(objects: list[Obj], shape: str) -> QA:
     return QA(f"how many {PLURALS[shape]} are there?", NUMBERS[sum(o.shape == shape for o in objects)], "count")
 
 
+@dataclass
+class Reasoning:
+    """A question answered by naming one object, whose answer must be inferred: "which object is the largest?"
+    -> "the large red cross". ``target``: the object's index; ``kind``: "superlative" | "negation"."""
+
+    question: str
+    answer: str
+    target: int
+    kind: str
+
+
+def reasoning_questions(objects: list[Obj]) -> list[Reasoning]:
+    """The scene's questions whose answer is an object that no word of the question names.
+
+    Superlatives over all objects ("which object is the largest / smallest / leftmost / rightmost?", the largest
+    and smallest only with a 1.3x margin in area) and negations ("which object is not red?", "which object is not
+    a circle?", where exactly one object lacks the colour or shape all the others share). Asked only where the
+    answer, "the <size> <colour> <shape>", fits its object alone, so that its mask is the answer's.
+    """
+    if len(objects) < 2:
+        return []
+    out: list[Reasoning] = []
+    areas = sorted((o.area, i) for i, o in enumerate(objects))
+    if areas[-1][0] > 1.3 * areas[-2][0]:
+        out.append(("which object is the largest?", areas[-1][1], "superlative"))
+    if areas[1][0] > 1.3 * areas[0][0]:
+        out.append(("which object is the smallest?", areas[0][1], "superlative"))
+    out += [("which object is the leftmost?", 0, "superlative"), ("which object is the rightmost?", len(objects) - 1, "superlative")]
+    for key in ("colour", "shape"):
+        values = [getattr(o, key) for o in objects]
+        for i, value in enumerate(values):
+            others = set(values[:i] + values[i + 1:])
+            if len(others) == 1 and value not in others:
+                (other,) = others
+                out.append((f"which object is not {other if key == 'colour' else _a(other) + ' ' + other}?", i, "negation"))
+    named = [(q, i, kind) for q, i, kind in out if [o.words for o in objects].count(objects[i].words) == 1]
+    return [Reasoning(q, f"the {objects[i].words}", i, kind) for q, i, kind in named]
+
+
 def _questions(rng: np.random.Generator, objects: list[Obj]) -> list[QA]:
     out: list[QA] = []
     for i, o in enumerate(objects):
@@ -363,7 +460,7 @@ def make_scene(split: str, index: int, seed: int = 0) -> Scene:
     floor = FLOORS[int(rng.integers(len(FLOORS)))] if rng.random() < 0.85 else None
     img, top = _background(rng, floor)
     specs = _sample_objects(rng, split)
-    places = _place(rng, specs)
+    places = _place(rng, specs, layout(split, index, seed))
     kept = sorted(((p, s) for p, s in zip(places, specs) if not np.isnan(p[0])), key=lambda t: t[0][0])
     objects: list[Obj] = []
     for (cx, cy, r), (colour, shape, size) in kept:
@@ -376,8 +473,9 @@ def make_scene(split: str, index: int, seed: int = 0) -> Scene:
     rows = np.arange(IMAGE_SIZE)[:, None] >= top
     floor_mask = np.broadcast_to(rows, things.shape) & ~things
     stuff = {"floor": floor_mask, "wall": ~floor_mask & ~things} if floor else {"wall": ~things}
-    caption, caption_phrases = _caption(objects)
-    narrative, narrative_phrases = _narrative(rng, objects, floor, stuff)
+    order = tuple(int(i) for i in _rng(split, index, seed, stream=1).permutation(len(objects)))
+    caption_text, caption_phrases = caption(objects, order)
+    narrative, narrative_phrases = _narrative(rng, objects, floor, stuff, order)
     return Scene(
         split=split,
         index=index,
@@ -386,13 +484,14 @@ def make_scene(split: str, index: int, seed: int = 0) -> Scene:
         objects=objects,
         floor=floor,
         stuff_masks=stuff,
-        caption=caption,
+        caption=caption_text,
         caption_phrases=caption_phrases,
         expressions=_expressions(objects),
         narrative=narrative,
         narrative_phrases=narrative_phrases,
-        inventory=_inventory(objects),
+        inventory=_inventory(objects, order),
         qa=_questions(rng, objects),
+        order=order,
     )
 
 
@@ -401,7 +500,7 @@ def vocabulary() -> list[str]:
     words = set(SHAPES) | set(PLURALS.values()) | set(COLOURS) | set(SIZES) | set(FLOORS) | set(NUMBERS)
     words |= set("a an the and , . ? in this picture there is are image shows here we can see on of front gray wall floor".split())
     words |= set("left right above below largest smallest leftmost rightmost".split())
-    words |= set("what colour shape size how many object yes no".split())
+    words |= set("what colour shape size how many object yes no which not".split())
     words |= set(" ".join((DESCRIBE, LIST_OBJECTS, NAME_OBJECTS)).replace(".", " . ").replace("?", " ? ").split())
     return sorted(words)
 

@@ -2,14 +2,19 @@
 
 - ``caption_accuracy``: the greedy answer to ``DESCRIBE`` is parsed into "a <size> <colour> <shape>"
   phrases, matched one-to-one with the scene's objects; an object without a phrase counts wrong.
-- ``qa_accuracy``: the first word of the greedy answer to each question, exact match.
+- ``qa_accuracy``: the first word of the greedy answer to each question, exact match; ``majority_baseline``:
+  always giving each kind's most common answer.
+  ``reasoning_accuracy``: the whole greedy answer to questions answered by naming an object ("which object
+  is the largest?" -> "the large red cross", ``shapes.reasoning_questions``).
   ``referring_accuracy``: the same for questions that only a relational or superlative expression's whole
   meaning answers (``text.referring_questions``: "what size is the red cross left of the blue square?").
 - ``pointing``: for each object's caption phrase (teacher-forced caption after ``DESCRIBE``), each
   head's phrase-to-image attention (recorded with ``AttentionProbe``, mean over the phrase's tokens)
   on the patch grid is scored with the project's ``pointing_game``: is the argmax cell inside the
   object's mask (cell coverage >= 0.5, or >= half the best cell's for masks smaller than a cell)?
-  "Wrong object" is the same test against the other objects' masks. The uniform-map baseline is
+  "Wrong object" is the same test against the other objects' masks; "position" against the object whose
+  left-to-right rank is the phrase's place in the caption, over the phrases that name another object
+  (captions name objects in a random order: a head that follows list position scores there). The uniform-map baseline is
   ``pointing_game`` of a flat map (the share of the grid's cells that count as inside).
   ``pointing_by_word`` scores each word of the phrase on its own (article, size, colour, shape).
 - ``expression_pointing``: the same for the referring expressions, read as F-LMM reads them (the bare
@@ -23,6 +28,7 @@ import argparse
 import json
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +37,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
-from flmm_probe.data.shapes import COLOURS, DESCRIBE, QA, SHAPES, SIZES, Scene, expression_group, make_scene
+from flmm_probe.data.shapes import COLOURS, DESCRIBE, QA, SHAPES, SIZES, Scene, expression_group, make_scene, reasoning_questions
 from flmm_probe.metrics import mask_to_grid, pointing_game
 from flmm_probe.organism.sam import box_miou, load_sam
 from flmm_probe.organism.text import IGNORE, REFERRABLE_KINDS, collate, encode, referring_questions
@@ -108,14 +114,33 @@ def referring_accuracy(model: LlavaForConditionalGeneration, processor: LlavaPro
 
 
 def _answer_accuracy(model: LlavaForConditionalGeneration, processor: LlavaProcessor,
-                     items: list[tuple[np.ndarray, QA]]) -> dict[str, float]:
-    answers = generate(model, processor, [im for im, _ in items], [qa.question for _, qa in items], max_new_tokens=3)
+                     items: list[tuple[np.ndarray, QA]], words: int = 1) -> dict[str, float]:
+    """Exact match of the greedy answer's first ``words`` words, overall and per ``qa.kind``."""
+    answers = generate(model, processor, [im for im, _ in items], [qa.question for _, qa in items], max_new_tokens=words + 2)
     right: dict[str, list[bool]] = {"all": []}
     for (_, qa), answer in zip(items, answers):
-        ok = answer.split()[:1] == [qa.answer]
+        ok = answer.removesuffix(".").split()[:words] == qa.answer.split()
         right["all"].append(ok)
         right.setdefault(qa.kind, []).append(ok)
     return {k: float(np.mean(v)) for k, v in right.items()}
+
+
+def majority_baseline(scenes: list[Scene]) -> dict[str, float]:
+    """Per question kind (and "all"), the accuracy of always giving that kind's most common answer on ``scenes``:
+    the rate a model that does not look at the image reaches (a count question mostly answers "zero")."""
+    answers: dict[str, list[str]] = {}
+    for qa in (qa for s in scenes for qa in s.qa):
+        answers.setdefault(qa.kind, []).append(qa.answer)
+    best = {kind: max(Counter(a).values()) for kind, a in answers.items()}
+    return {"all": sum(best.values()) / sum(len(a) for a in answers.values())} | \
+        {kind: best[kind] / len(a) for kind, a in answers.items()}
+
+
+def reasoning_accuracy(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene]) -> dict[str, float]:
+    """Exact match of the greedy answer to each ``shapes.reasoning_questions`` question ("which object is the
+    largest?" -> "the large red cross"), overall and by kind (superlative, negation)."""
+    items = [(s.image, QA(r.question, r.answer, r.kind)) for s in scenes for r in reasoning_questions(s.objects)]
+    return _answer_accuracy(model, processor, items, words=4)
 
 
 @torch.no_grad()
@@ -147,12 +172,19 @@ def teacher_forced_accuracy(model: LlavaForConditionalGeneration, processor: Lla
 
 @dataclass
 class Pointing:
-    """Pointing game over phrases. hit / wrong_object: (layer, head) fractions; uniform: chance level."""
+    """Pointing game over phrases. hit / wrong_object: (layer, head) fractions; uniform: chance level.
+
+    position: (layer, head) pointing at the object whose left-to-right rank is the phrase's place in its list,
+    over the ``n_displaced`` phrases that name another object (captions only; NaN elsewhere): what a head that
+    follows list position instead of words would score.
+    """
 
     hit: np.ndarray
     wrong_object: np.ndarray
     uniform: float
     n_phrases: int
+    position: np.ndarray | None = None
+    n_displaced: int = 0
 
     @property
     def best_head(self) -> tuple[int, int]:
@@ -211,6 +243,7 @@ def pointing_by_word(model: LlavaForConditionalGeneration, processor: LlavaProce
     kinds = ("phrase",) + PHRASE_WORDS
     hits: dict[str, list] = {k: [] for k in kinds}
     wrong: dict[str, list] = {k: [] for k in kinds}
+    position: dict[str, list] = {k: [] for k in kinds}
     uniform = []
     for scene in scenes:
         tokens, owner = caption_maps(model, processor, scene)  # (token, layer, head, gy, gx), (token,)
@@ -224,8 +257,11 @@ def pointing_by_word(model: LlavaForConditionalGeneration, processor: LlavaProce
                 hits[kind].append(pointing_game(phrase_map, covers[target]).numpy())  # (layer, head)
                 others = [pointing_game(phrase_map, c).numpy() for i, c in enumerate(covers) if i != target]
                 wrong[kind].append(np.sum(others, axis=0) if others else np.zeros(phrase_map.shape[:2]))
+                if target != p:  # objects are indexed left to right: object p holds the phrase's list rank
+                    position[kind].append(pointing_game(phrase_map, covers[p]).numpy())
             uniform.append(pointing_game(torch.ones(grid), covers[target]).item())
-    return {k: Pointing(np.mean(hits[k], axis=0), np.mean(wrong[k], axis=0), float(np.mean(uniform)), len(uniform))
+    return {k: Pointing(np.mean(hits[k], axis=0), np.mean(wrong[k], axis=0), float(np.mean(uniform)), len(uniform),
+                        np.mean(position[k], axis=0) if position[k] else np.full(hits[k][0].shape, np.nan), len(position[k]))
             for k in kinds}
 
 
@@ -254,7 +290,10 @@ def expression_pointing(model: LlavaForConditionalGeneration, processor: LlavaPr
             for k in hits}
 
 
-def report(path: str, n: int = 100, splits: tuple[str, ...] = ("test", "compositional"), seed: int = 0,
+SPLITS = ("test", "compositional", "edge", "close")
+
+
+def report(path: str, n: int = 100, splits: tuple[str, ...] = SPLITS, seed: int = 0,
            pointing_only: bool = False, expression_poolings: tuple[str, ...] = ("mean",)) -> dict:
     """All scores of the LMM saved at ``path`` on the first ``n`` scenes of each split (JSON-ready).
 
@@ -275,11 +314,15 @@ def report(path: str, n: int = 100, splits: tuple[str, ...] = ("test", "composit
             "caption": caption_accuracy(model, processor, scenes),
             "qa": qa_accuracy(model, processor, scenes),
             "qa_referring": referring_accuracy(model, processor, scenes),
+            "qa_majority": majority_baseline(scenes),
+            "reasoning": reasoning_accuracy(model, processor, scenes),
         }
         out[split] |= {
             "pointing_best_head": [layer, head],
             "pointing_best": float(score.hit[layer, head]),
             "wrong_object_best": float(score.wrong_object[layer, head]),
+            "position_matched_best": float(score.position[layer, head]),
+            "n_displaced": score.n_displaced,
             "pointing_best_per_layer": score.hit.max(axis=1).astype(np.float64).round(3).tolist(),
             "pointing_mean_per_layer": score.hit.mean(axis=1).astype(np.float64).round(3).tolist(),
             "wrong_object_per_layer_best": [float(score.wrong_object[i, j]) for i, j in enumerate(score.hit.argmax(axis=1))],
@@ -303,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("paths", nargs="+", help="save_pretrained folders of organism LMMs")
     p.add_argument("--n", type=int, default=100, help="scenes per split")
-    p.add_argument("--splits", nargs="+", default=["test", "compositional"])
+    p.add_argument("--splits", nargs="+", default=list(SPLITS),
+                   help="shapes-world splits (edge: objects cut by the frame; close: objects 1-2 px apart)")
     p.add_argument("--pointing-only", action="store_true", help="skip captions and questions")
     p.add_argument("--expression-pooling", nargs="+", choices=POOLINGS, default=["mean"], metavar="POOLING",
                    help=f"how an expression's token maps are merged for its pointing game, each scored: {', '.join(POOLINGS)} "

@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from flmm_probe.data.shapes import (COLOURS, DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, NUMBERS, QA, SHAPES, SIZES, Expression, Scene,
-                                    count_question)
+                                    count_question, reasoning_questions)
 
 IGNORE = -100
 RELATIONS = ("left", "right", "above", "below")
@@ -140,6 +140,9 @@ class TextRecipe:
     ``count_questions``: the probability that the last question becomes "how many crosses are there?" about a
     shape the scene has (drawn object by object, so larger counts come more often); a scene's own count
     question asks about any shape, and more than half of them answer "zero" (0: never, and no draw is made).
+    ``reasoning``: the probability that a conversation ends with one of the scene's ``shapes.reasoning_questions``
+    ("which object is the largest?" -> "the large red cross"), where it has any (0: never, and no draw is made):
+    answers that name an object, which grounded applications segment.
     """
 
     grounded_expressions: bool = False
@@ -152,12 +155,13 @@ class TextRecipe:
     count_questions: float = 0.0
     referring_questions: float = 0.0
     referring_kinds: tuple[str, ...] = ("relational",)
+    reasoning: float = 0.0
 
     def __post_init__(self) -> None:
         if self.ranked_expressions and not self.grounded_expressions:
             raise ValueError("ranked_expressions ranks the words grounded expressions append: "
                              "it needs grounded_expressions=True.")
-        for name in ("relational_expressions", "object_listings", "count_questions", "referring_questions"):
+        for name in ("relational_expressions", "object_listings", "count_questions", "referring_questions", "reasoning"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a probability between 0 and 1, not {getattr(self, name)}.")
         if not self.listing_leads or not set(self.listing_leads) <= set(LISTING_ORDERS):
@@ -199,7 +203,13 @@ def conversation(scene: Scene, rng: np.random.Generator, recipe: TextRecipe | No
         referring = referring_questions(scene, recipe.referring_kinds)
         if referring and rng.random() < recipe.referring_questions:
             questions[0] = referring[int(rng.integers(len(referring)))]
-    return turns + [(q.question, q.answer) for q in questions]
+    turns += [(q.question, q.answer) for q in questions]
+    if recipe.reasoning > 0:
+        reasoning = reasoning_questions(scene.objects)
+        if reasoning and rng.random() < recipe.reasoning:
+            r = reasoning[int(rng.integers(len(reasoning)))]
+            turns.append((r.question, r.answer))
+    return turns
 
 
 def encode(turns: list[tuple[str, str]], tokenizer: PreTrainedTokenizerFast, n_image_tokens: int) -> tuple[list[int], list[int]]:

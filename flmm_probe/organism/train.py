@@ -69,7 +69,7 @@ VISION_LR = 2e-3
 # Vision pretraining also teaches each object patch its owner's rank left to right (vision.RANK). With it
 # `small` points 0.96-0.98 and names shapes better, but alone it left the questions at the priors, also with
 # inventories in a random order (text.shuffled_inventory) (docs/organism.md, "Session 8").
-RANK_TARGET = {"small": True, "coarse": False}
+RANK_TARGET = {"small": False, "coarse": False}
 SHUFFLE_INVENTORY = {"small": True, "coarse": False}
 # The probability that a training caption turn lists the objects instead, in a random order and each by its
 # shape word first, answering its own instruction (text.object_listing, shapes.NAME_OBJECTS): with the rank
@@ -96,6 +96,10 @@ COUNT_QUESTIONS = {"small": 0.3, "coarse": 0.0}
 # From scratch at P = 1 (session 19) neither seed learned them either, and seed 1 lost the superlatives.
 REFERRING_QUESTIONS = {"small": 0.0, "coarse": 0.0}
 REFERRING_KINDS = {"small": ("relational",), "coarse": ("relational",)}
+# The probability that a training conversation ends with a question answered by naming an object ("which object
+# is the largest?" -> "the large red cross", shapes.reasoning_questions): the answers that reasoning segmentation
+# grounds.
+REASONING = {"small": 0.25, "coarse": 0.25}
 # The probability of each kind of description turn (text.DESCRIPTIONS: captions lead). `small` has more referring
 # expressions since session 15: twice the default share raised expression pointing (superlatives) in an H100
 # sweep, but at 0.4 captions, half of which become listings, the greedy description was an expression; at 0.6
@@ -155,7 +159,7 @@ def text_recipe(variant: str, **options) -> TextRecipe:
                 "relational_expressions": RELATIONAL_EXPRESSIONS, "shuffle_inventory": SHUFFLE_INVENTORY,
                 "object_listings": OBJECT_LISTINGS, "listing_leads": LISTING_LEADS, "descriptions": DESCRIPTION_MIX,
                 "count_questions": COUNT_QUESTIONS, "referring_questions": REFERRING_QUESTIONS,
-                "referring_kinds": REFERRING_KINDS}
+                "referring_kinds": REFERRING_KINDS, "reasoning": REASONING}
     unknown = set(options) - set(defaults)
     if unknown:
         raise TypeError(f"text_recipe() got options it does not know: {sorted(unknown)}")
@@ -430,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--referring-kinds", nargs="+", choices=list(REFERRABLE_KINDS), default=None, metavar="KIND",
                    help="the expressions referring questions ask about: relational and/or superlative ('what colour is the "
                         f"largest cross?') (default per variant {REFERRING_KINDS})")
+    p.add_argument("--reasoning", type=_probability, default=None, metavar="P",
+                   help="probability that a training conversation ends with a question answered by naming an object "
+                        f"('which object is the largest?' -> 'the large red cross') (default per variant {REASONING})")
     p.add_argument("--descriptions", type=_description_share, nargs="+", default=None, metavar="KIND=P",
                    help=f"probability of each kind of description turn, all of {', '.join(DESCRIPTIONS)} "
                         f"(default per variant {DESCRIPTION_MIX})")
