@@ -10,6 +10,9 @@ Commands:
   fit                fit the U-Net mask decoder and the SAM refiner from a store
   evaluate           RES (cIoU, gIoU, P@t) and PNG (average recall) metrics of a fitted grounder
   segment            one image + phrases -> mask PNGs and an overlay
+  chat               ask about an image; the answer's phrases are segmented
+  gcg                grounded conversation generation on the shapes world (recall, mIoU, AP50)
+  reason             reasoning segmentation on the shapes world (gIoU, cIoU)
   figures            render the figures of a run folder (PDF + PNG)
   organism train     retrain the embedded default models from a seed
   organism evaluate  score them: captions, questions, pointing per layer, SAM box mIoU
@@ -198,6 +201,52 @@ def _segment(args: argparse.Namespace) -> int:
         print(f"{phrase!r}: {int(mask.sum())} pixels -> {out / f'mask_{i}.png'}")
     overlay(args.image, masks, args.phrase).save(out / "overlay.png")
     print(f"overlay -> {out / 'overlay.png'}")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .apps import ground_answer, shapes_phrases
+    from .evaluate import overlay
+    from .fit import load_grounder
+
+    grounder = load_grounder(args.run, None if args.no_refiner else _sam(args.sam))
+    answer = ground_answer(_backbone(args), grounder, args.image, args.question, args.phrase or shapes_phrases,
+                           args.max_new_tokens)
+    print(answer.text)
+    if not answer.exact:
+        print("(the answer retokenized differs from the generated tokens: its phrases were recorded as retokenized)")
+    if answer.note:
+        print(f"nothing grounded: {answer.note}")
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, phrase in enumerate(answer.phrases):
+        Image.fromarray(phrase.mask.astype("uint8") * 255).save(out / f"mask_{i}.png")
+        print(f"[{phrase.start}:{phrase.end}] {phrase.text!r}: {int(phrase.mask.sum())} pixels, score {phrase.score:.2f} "
+              f"-> {out / f'mask_{i}.png'}")
+    overlay(args.image, [p.mask for p in answer.phrases], [p.text for p in answer.phrases]).save(out / "overlay.png")
+    print(f"overlay -> {out / 'overlay.png'}")
+    return 0
+
+
+def _grounded_task(args: argparse.Namespace) -> int:
+    import json
+
+    from .data.shapes import ShapesDataset
+    from .fit import load_grounder
+    from .grounded_tasks import evaluate_gcg, evaluate_reasoning
+
+    grounder = load_grounder(args.run, None if args.no_refiner else _sam(args.sam))
+    scenes = list(ShapesDataset(args.split, args.scenes))
+    task = evaluate_gcg if args.command == "gcg" else evaluate_reasoning
+    frame, summary = task(_backbone(args), grounder, scenes)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(out / f"{args.command}.parquet")
+    (out / f"{args.command}.json").write_text(json.dumps(summary, indent=2, default=float))
+    print("\n".join(f"{key:>28}  {value:.3f}" if isinstance(value, float) else f"{key:>28}  {value}" for key, value in summary.items()))
     return 0
 
 
@@ -395,6 +444,36 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--phrase", action="append", required=True, help="a phrase of the text to segment (repeat for more)")
     segment.add_argument("--out", required=True, help="folder for mask_<i>.png and overlay.png")
     segment.set_defaults(handler=_segment)
+
+    chat = commands.add_parser(
+        "chat", formatter_class=_Defaults,
+        help="ask the frozen LMM about an image; its answer's phrases are segmented (masks + overlay)",
+        description="The frozen LMM answers with plain generate (greedy), then one pass with the probe over prompt + "
+                    "answer records the answer's phrases and the fitted decoder + refiner segment them.",
+    )
+    _backbone_arguments(chat)
+    chat.add_argument("--run", required=True, help="the fit's run folder")
+    _sam_arguments(chat)
+    chat.add_argument("--image", required=True, help="image file")
+    chat.add_argument("--question", required=True, help='e.g. "Please give me a description of the image."')
+    chat.add_argument("--phrase", action="append",
+                      help="a phrase of the answer to segment (repeat for more; default: the shapes world's object phrases)")
+    chat.add_argument("--max-new-tokens", type=int, default=64, help="longest answer")
+    chat.add_argument("--out", default="runs/chat", help="folder for mask_<i>.png and overlay.png")
+    chat.set_defaults(handler=_chat)
+
+    for name, what in (("gcg", "grounded conversation generation: describe each scene, segment every object phrase "
+                               "(GLaMM's recall, mIoU, AP50; caption correctness)"),
+                       ("reason", "reasoning segmentation: 'which object is the largest?' answered, the answer's object "
+                                  "segmented (gIoU, cIoU, answer accuracy)")):
+        task = commands.add_parser(name, help=f"{what} on shapes-world scenes", formatter_class=_Defaults)
+        _backbone_arguments(task)
+        task.add_argument("--run", required=True, help="the fit's run folder")
+        _sam_arguments(task)
+        task.add_argument("--split", default="test", help="shapes-world split (test, edge, close, compositional, ...)")
+        task.add_argument("--scenes", type=int, default=100, help="scenes of the split")
+        task.add_argument("--out", required=True, help=f"folder for {name}.parquet (per item) and {name}.json (summary)")
+        task.set_defaults(handler=_grounded_task)
 
     figures = commands.add_parser("figures", help="render every figure a run folder allows (see its --help)", add_help=False)
     figures.set_defaults(handler=_figures, passthrough=True)

@@ -51,3 +51,23 @@ def test_counterfactual_and_analyze_report_words_or_position(tmp_path, capsys):
                  "--backbone", "organism"]) == 0
     out = capsys.readouterr().out
     assert "head_table: " in out and "points at the object the phrase names" in out
+
+
+def test_chat_gcg_and_reason_end_to_end(tmp_path, capsys):
+    from PIL import Image
+
+    from flmm_probe.data.shapes import make_scene
+
+    data, run = "shapes:train:4:mix", str(tmp_path / "fit")
+    assert main(["record", "--data", data, "--store", str(tmp_path / "store")]) == 0
+    assert main(["fit", "--store", str(tmp_path / "store"), "--data", data, "--out", run, "--epochs", "1",
+                 "--base-channels", "8", "--long-side", "16"]) == 0
+    Image.fromarray(make_scene("test", 1).image).save(tmp_path / "scene.png")
+    capsys.readouterr()
+    assert main(["chat", "--run", run, "--image", str(tmp_path / "scene.png"), "--question",
+                 "Please give me a description of the image.", "--out", str(tmp_path / "chat")]) == 0
+    out = capsys.readouterr().out
+    assert "overlay -> " in out and (tmp_path / "chat" / "mask_0.png").exists()
+    for task, key in (("gcg", "recall"), ("reason", "giou")):
+        assert main([task, "--run", run, "--scenes", "3", "--out", str(tmp_path / task)]) == 0
+        assert key in capsys.readouterr().out and (tmp_path / task / f"{task}.parquet").exists()

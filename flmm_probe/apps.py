@@ -1,0 +1,134 @@
+"""Grounded answers: the frozen LMM answers as it would alone, then F-LMM grounds what it said.
+
+    answer = ground_answer(backbone, grounder, image, "Please give me a description of the image.")
+    answer.text                      # exactly what model.generate writes, greedy by default
+    [(p.text, p.mask.sum()) for p in answer.phrases]
+
+Two passes, and the first is plain ``model.generate`` with nothing attached: the answer's tokens are the
+ones the model gives without grounding, bit for bit. The second is one prefill of prompt + answer with the
+probe (``Backbone.record``), whose maps and hidden states the fitted decoder and refiner turn into a mask
+per phrase. Which phrases: ``shapes_phrases`` (the shapes world's grammar, for the organism), a list the
+caller gives (strings or char spans of the answer), or any callable from the answer to spans.
+
+An answer whose tokens, retokenized, differ from those the model generated is grounded all the same, but
+``GroundedAnswer.exact`` says so: the recorded tokens are then not quite the ones the model wrote.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backbones import Backbone
+from .data.shapes import COLOURS, NUMBERS, PLURALS, SHAPES, SIZES
+from .evaluate import segment
+from .fit import Grounder
+from .images import ImageLike, to_rgb
+from .phrases import PhraseLike, Span, resolve_spans
+
+PhraseSource = Callable[[str], Sequence[PhraseLike]] | Sequence[PhraseLike]
+
+_WORDS = "|".join
+_SHAPES_PHRASE = re.compile(
+    rf"\b(?:(?:a|an|the) (?:(?:{_WORDS(SIZES)}) )?(?:(?:{_WORDS(COLOURS)}) )?(?:{_WORDS(SHAPES)})"
+    rf"|(?:{_WORDS(NUMBERS[2:])}) (?:(?:{_WORDS(COLOURS)}) )?(?:{_WORDS(PLURALS.values())}))\b"
+)
+
+
+def shapes_phrases(text: str) -> list[Span]:
+    """Char spans of the shapes world's object phrases in ``text``: "a large red cross", "the cross", "two red
+    circles" (an article or a number, then size and colour words where said, then the shape)."""
+    return [m.span() for m in _SHAPES_PHRASE.finditer(text)]
+
+
+@dataclass
+class GroundedPhrase:
+    """One phrase of an answer: ``text == answer[start:end]``; ``mask``: (H, W) bool at the image's size;
+    ``score``: the mean sigmoid probability inside the mask (0 for an empty mask)."""
+
+    text: str
+    start: int
+    end: int
+    mask: np.ndarray
+    score: float
+
+
+@dataclass
+class GroundedAnswer:
+    """What the model answered and where its phrases are. ``tokens``: the generated ids (end of sequence and
+    padding left out); ``exact``: the answer retokenized after the prompt gives exactly ``tokens``."""
+
+    question: str
+    text: str
+    tokens: list[int]
+    phrases: list[GroundedPhrase] = field(default_factory=list)
+    exact: bool = True
+    note: str = ""
+
+
+def with_instruction(backbone: Backbone, instruction: str) -> Backbone:
+    """The same frozen model and processor, asked ``instruction`` (its answer is then read after it)."""
+    return type(backbone)(backbone.model, backbone.processor, instruction=instruction)
+
+
+@torch.no_grad()
+def generate(backbone: Backbone, image: ImageLike, question: str, max_new_tokens: int = 64,
+             **generate_kwargs: Any) -> tuple[str, list[int]]:
+    """``model.generate`` on the chat prompt for ``question`` with the image, greedy unless ``generate_kwargs``
+    say otherwise (they go to ``generate`` as they are). Returns (answer text, generated ids without special tokens)."""
+    asked = with_instruction(backbone, question)
+    inputs = backbone.processor(images=[[to_rgb(image)]], text=[asked.prompt()], return_tensors="pt")
+    inputs = {k: v.to(backbone.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(backbone.model.dtype)
+    kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens} | generate_kwargs
+    tokenizer = backbone.processor.tokenizer
+    kwargs.setdefault("pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    ids = backbone.model.generate(**inputs, **kwargs)[0, inputs["input_ids"].shape[1]:].tolist()
+    special = set(tokenizer.all_special_ids)
+    tokens = [t for t in ids if t not in special]
+    return tokenizer.decode(tokens, skip_special_tokens=True).strip(), tokens
+
+
+def _answer_tokens(backbone: Backbone, text: str) -> list[int]:
+    """The ids the answer ``text`` gets when it is tokenized after the prompt, as ``Backbone.record`` reads it."""
+    tokenizer = backbone.processor.tokenizer
+    prompt = backbone.prompt()
+    whole = tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
+    alone = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return whole[len(alone):] if whole[: len(alone)] == alone else whole
+
+
+def ground_answer(backbone: Backbone, grounder: Grounder, image: ImageLike, question: str,
+                  phrases: PhraseSource = shapes_phrases, max_new_tokens: int = 64, **generate_kwargs: Any) -> GroundedAnswer:
+    """Generate the answer to ``question`` about ``image``, then segment its phrases (see the module docstring).
+
+    ``phrases``: a callable from the answer text to its phrases, or the phrases themselves (strings or char
+    spans of the answer). An empty answer, or one with no phrase to ground, comes back with no phrases and a
+    ``note`` saying why; a phrase the tokenizer loses raises ``PhraseError``.
+    """
+    pil = to_rgb(image)
+    text, tokens = generate(backbone, pil, question, max_new_tokens, **generate_kwargs)
+    asked = with_instruction(backbone, question)
+    answer = GroundedAnswer(question, text, tokens, exact=_answer_tokens(asked, text) == tokens)
+    if not text:
+        answer.note = "empty answer"
+        return answer
+    found = phrases(text) if callable(phrases) else phrases
+    if not found:
+        answer.note = "no phrase to ground"
+        return answer
+    masks, coarse, refined = segment(asked, grounder, pil, text, found)
+    logits = refined if refined is not None else coarse
+    probabilities = torch.sigmoid(logits).numpy()
+    for (start, end), mask, p in zip(resolve_spans(text, found), masks, probabilities):
+        answer.phrases.append(GroundedPhrase(text[start:end], start, end, mask, float(p[mask].mean()) if mask.any() else 0.0))
+    return answer
+
+
+__all__ = ["GroundedAnswer", "GroundedPhrase", "generate", "ground_answer", "shapes_phrases", "with_instruction"]

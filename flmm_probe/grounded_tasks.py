@@ -1,0 +1,165 @@
+"""Grounded conversation generation (GCG) and reasoning segmentation on the shapes world, scored exactly.
+
+GCG: "Please give me a description of the image." is answered by the frozen LMM, each object phrase of the
+answer is grounded (``apps.ground_answer``), and the masks are scored as GLaMM's GCG evaluation scores them:
+
+- ``recall``: ground-truth objects matched one to one, greedily by IoU (highest first), while the best
+  remaining pair has IoU >= 0.5 and its phrase matches the object (GLaMM: BERT similarity >= 0.5; here, where
+  every word is exact, the phrase's size, colour and shape words are all the object's);
+- ``miou``: per image, predicted and true masks paired greedily by IoU while any pair overlaps, the mean of
+  the paired IoUs (0 for an image with none), averaged over images;
+- ``ap50``: COCO mask AP at IoU 0.5 (pycocotools' COCOeval, one category, each phrase scored by its mean
+  mask probability);
+- ``caption``: per object, the answer names its size, colour and shape (``organism.evaluate.caption_hits``).
+
+Reasoning segmentation: each ``shapes.reasoning_questions`` question ("which object is the largest?") is
+answered, the answer's first object phrase is segmented, and gIoU (mean per-question IoU) and cIoU (summed
+intersections over summed unions) are scored against the answer's object; an answer with no phrase scores
+IoU 0 and is counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tqdm.auto import tqdm
+
+from .apps import GroundedAnswer, ground_answer, shapes_phrases
+from .backbones import Backbone
+from .data.shapes import COLOURS, DESCRIBE, PLURALS, SHAPES, SIZES, Obj, Scene, reasoning_questions
+from .fit import Grounder
+from .metrics import intersection_union
+from .organism.evaluate import caption_hits
+
+IOU_THRESHOLD = 0.5
+
+
+def iou_matrix(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.ndarray:
+    """(len(a), len(b)) IoU of every pair of (H, W) bool masks (0 where both are empty)."""
+    out = np.zeros((len(a), len(b)))
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            union = np.logical_or(x, y).sum()
+            out[i, j] = np.logical_and(x, y).sum() / union if union else 0.0
+    return out
+
+
+def greedy_pairs(scores: np.ndarray, admissible: np.ndarray | None = None, threshold: float = 0.0) -> list[tuple[int, int]]:
+    """One-to-one (row, column) pairs taken by the highest remaining score, GLaMM's matching: it stops at the
+    first best pair whose score is not above ``threshold`` (``>= threshold`` when ``admissible`` is given, and
+    that pair must be admissible)."""
+    scores = scores.astype(float).copy()
+    pairs = []
+    while scores.size and scores.max() > 0:
+        i, j = np.unravel_index(np.argmax(scores), scores.shape)
+        if admissible is not None and (scores[i, j] < threshold or not admissible[i, j]):
+            break
+        pairs.append((int(i), int(j)))
+        scores[i, :] = 0
+        scores[:, j] = 0
+    return pairs
+
+
+def phrase_fits(phrase: str, obj: Obj) -> bool:
+    """Every size, colour and shape word of ``phrase`` is ``obj``'s (plural shape words count as the shape)."""
+    words = phrase.split()
+    singular = {plural: shape for shape, plural in PLURALS.items()}
+    said = {"size": [w for w in words if w in SIZES], "colour": [w for w in words if w in COLOURS],
+            "shape": [singular.get(w, w) for w in words if w in SHAPES or w in singular]}
+    return bool(said["shape"]) and all(getattr(obj, key) == w for key, ws in said.items() for w in ws)
+
+
+def gcg_scores(scene: Scene, answer: GroundedAnswer) -> dict:
+    """One image's GCG counts: matched objects, its mIoU, and per object the caption hits."""
+    truth = [o.mask for o in scene.objects]
+    predicted = [p.mask for p in answer.phrases]
+    ious = iou_matrix(truth, predicted)
+    fits = np.array([[phrase_fits(p.text, o) for p in answer.phrases] for o in scene.objects], bool).reshape(ious.shape)
+    matched = greedy_pairs(ious, fits, IOU_THRESHOLD)
+    paired = greedy_pairs(ious)
+    return {"objects": len(truth), "matched": len(matched), "miou": float(np.mean([ious[i, j] for i, j in paired])) if paired else 0.0,
+            "caption": caption_hits(answer.text, scene)}
+
+
+def ap50(scenes: Sequence[Scene], answers: Sequence[GroundedAnswer]) -> float:
+    """COCO mask AP at IoU 0.5 (pycocotools), every object one category, each phrase's mask scored by its score."""
+    height, width = scenes[0].image.shape[:2]
+    images = [{"id": k, "height": height, "width": width} for k in range(len(scenes))]
+    truth, predictions = [], []
+    for k, (scene, answer) in enumerate(zip(scenes, answers)):
+        for o in scene.objects:
+            rle = mask_utils.encode(np.asfortranarray(o.mask.astype(np.uint8)))
+            truth.append({"id": len(truth) + 1, "image_id": k, "category_id": 1, "segmentation": rle, "iscrowd": 0,
+                          "area": float(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist()})
+        for p in answer.phrases:
+            rle = mask_utils.encode(np.asfortranarray(p.mask.astype(np.uint8)))
+            predictions.append({"image_id": k, "category_id": 1, "segmentation": rle, "score": p.score})
+    if not predictions:
+        return 0.0
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": truth, "categories": [{"id": 1, "name": "object"}]}
+    gt.createIndex()
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        evaluation = COCOeval(gt, gt.loadRes(predictions), "segm")
+        evaluation.params.iouThrs = np.array([IOU_THRESHOLD])
+        evaluation.evaluate()
+        evaluation.accumulate()
+    precision = evaluation.eval["precision"][0, :, 0, 0, -1]  # (recall thresholds,) all areas, 100 detections
+    return float(np.mean(precision[precision > -1])) if (precision > -1).any() else 0.0
+
+
+def evaluate_gcg(backbone: Backbone, grounder: Grounder, scenes: Sequence[Scene], max_new_tokens: int = 48,
+                 progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """GCG on ``scenes``: per-image rows (scene, answer, objects, phrases, matched, miou) and the summary
+    (recall, miou, ap50, caption attributes, answers without a phrase)."""
+    answers, rows = [], []
+    caption: dict[str, list[bool]] = {}
+    for scene in tqdm(scenes, desc="gcg", disable=not progress):
+        answer = ground_answer(backbone, grounder, scene.image, DESCRIBE, shapes_phrases, max_new_tokens)
+        answers.append(answer)
+        scores = gcg_scores(scene, answer)
+        for key, hits in scores.pop("caption").items():
+            caption.setdefault(key, []).extend(hits)
+        rows.append({"scene": f"{scene.split}/{scene.index}", "answer": answer.text, "phrases": len(answer.phrases),
+                     "note": answer.note, **scores})
+    frame = pd.DataFrame(rows)
+    summary = {"images": len(frame), "recall": frame["matched"].sum() / frame["objects"].sum(), "miou": frame["miou"].mean(),
+               "ap50": ap50(scenes, answers), "no_phrase": int((frame["phrases"] == 0).sum())}
+    summary |= {f"caption_{key}": float(np.mean(hits)) for key, hits in caption.items()}
+    return frame, summary
+
+
+def evaluate_reasoning(backbone: Backbone, grounder: Grounder, scenes: Sequence[Scene], progress: bool = True
+                       ) -> tuple[pd.DataFrame, dict]:
+    """Reasoning segmentation on every reasoning question of ``scenes``: per-question rows (scene, question,
+    kind, answer, right (the answer is the expected phrase), intersection, union, iou) and the summary (gIoU,
+    cIoU, answer accuracy overall and by kind, answers without a phrase)."""
+    rows = []
+    items = [(s, r) for s in scenes for r in reasoning_questions(s.objects)]
+    for scene, question in tqdm(items, desc="reasoning", disable=not progress):
+        answer = ground_answer(backbone, grounder, scene.image, question.question, _first_phrase, 8)
+        truth = scene.objects[question.target].mask
+        predicted = answer.phrases[0].mask if answer.phrases else np.zeros_like(truth)
+        inter, union = intersection_union(predicted, truth)
+        rows.append({"scene": f"{scene.split}/{scene.index}", "question": question.question, "kind": question.kind,
+                     "answer": answer.text, "right": answer.text.removesuffix(".").strip() == question.answer,
+                     "grounded": bool(answer.phrases), "intersection": inter, "union": union, "iou": inter / union})
+    frame = pd.DataFrame(rows)
+    summary = {"questions": len(frame), "giou": frame["iou"].mean(), "ciou": frame["intersection"].sum() / frame["union"].sum(),
+               "answer_accuracy": frame["right"].mean(), "no_phrase": int((~frame["grounded"]).sum())}
+    for kind, part in frame.groupby("kind"):
+        summary[f"{kind}/giou"] = part["iou"].mean()
+        summary[f"{kind}/answer_accuracy"] = part["right"].mean()
+    return frame, summary
+
+
+def _first_phrase(text: str) -> list[tuple[int, int]]:
+    return shapes_phrases(text)[:1]
+
