@@ -236,12 +236,16 @@ def _grounded_task(args: argparse.Namespace) -> int:
 
     from .data.shapes import ShapesDataset
     from .fit import load_grounder
-    from .grounded_tasks import evaluate_gcg, evaluate_reasoning
+    from .data.reasonseg import ReasonSeg
+    from .grounded_tasks import evaluate_gcg, evaluate_reasoning, evaluate_reasonseg
 
     grounder = load_grounder(args.run, None if args.no_refiner else _sam(args.sam))
-    scenes = list(ShapesDataset(args.split, args.scenes))
-    task = evaluate_gcg if args.command == "gcg" else evaluate_reasoning
-    frame, summary = task(_backbone(args), grounder, scenes)
+    if getattr(args, "reasonseg", None):
+        root, _, split = args.reasonseg.rpartition(":")
+        frame, summary = evaluate_reasonseg(_backbone(args), grounder, ReasonSeg(root, split))
+    else:
+        task = evaluate_gcg if args.command == "gcg" else evaluate_reasoning
+        frame, summary = task(_backbone(args), grounder, list(ShapesDataset(args.split, args.scenes)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(out / f"{args.command}.parquet")
@@ -473,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
         task.add_argument("--split", default="test", help="shapes-world split (test, edge, close, compositional, ...)")
         task.add_argument("--scenes", type=int, default=100, help="scenes of the split")
         task.add_argument("--out", required=True, help=f"folder for {name}.parquet (per item) and {name}.json (summary)")
+        if name == "reason":
+            task.add_argument("--reasonseg", metavar="ROOT:SPLIT",
+                              help="score ReasonSeg-format data (LISA: ROOT/SPLIT/<name>.jpg + <name>.json) instead of "
+                                   "shapes-world scenes; each answer is segmented as one phrase")
         task.set_defaults(handler=_grounded_task)
 
     figures = commands.add_parser("figures", help="render every figure a run folder allows (see its --help)", add_help=False)

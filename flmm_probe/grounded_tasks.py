@@ -15,14 +15,15 @@ answer is grounded (``apps.ground_answer``), and the masks are scored as GLaMM's
 Reasoning segmentation: each ``shapes.reasoning_questions`` question ("which object is the largest?") is
 answered, the answer's first object phrase is segmented, and gIoU (mean per-question IoU) and cIoU (summed
 intersections over summed unions) are scored against the answer's object; an answer with no phrase scores
-IoU 0 and is counted.
+IoU 0 and is counted. ``evaluate_reasonseg`` does the same on the public ReasonSeg format, LISA's ignored
+pixels left out.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,8 +32,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm.auto import tqdm
 
-from .apps import GroundedAnswer, ground_answer, shapes_phrases
+from .apps import GroundedAnswer, PhraseSource, ground_answer, shapes_phrases
 from .backbones import Backbone
+from .data.reasonseg import ReasonSegSample, iou_ignoring
 from .data.shapes import COLOURS, DESCRIBE, PLURALS, SHAPES, SIZES, Obj, Scene, reasoning_questions
 from .fit import Grounder
 from .metrics import intersection_union
@@ -162,4 +164,30 @@ def evaluate_reasoning(backbone: Backbone, grounder: Grounder, scenes: Sequence[
 
 def _first_phrase(text: str) -> list[tuple[int, int]]:
     return shapes_phrases(text)[:1]
+
+
+def whole_answer(text: str) -> list[tuple[int, int]]:
+    """The answer as one phrase, its final full stop left out: what a free-form answer to "what ...?" names."""
+    body = text.rstrip().removesuffix(".").rstrip()
+    return [(0, len(body))] if body else []
+
+
+def evaluate_reasonseg(backbone: Backbone, grounder: Grounder, samples: Iterable[ReasonSegSample],
+                       phrases: PhraseSource = whole_answer, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Reasoning segmentation on ReasonSeg-format samples (``data.reasonseg``): each question answered, the
+    answer's first phrase (``phrases``: default the whole answer) segmented, gIoU and cIoU with LISA's ignored
+    pixels left out. Rows: sample, question, answer, intersection, union, iou; an answer with no phrase scores
+    IoU 0 and is counted (``no_phrase``)."""
+    rows = []
+    for sample in tqdm(list(samples), desc="reasonseg", disable=not progress):
+        for question in sample.questions:
+            answer = ground_answer(backbone, grounder, sample.image_path, question, phrases)
+            predicted = answer.phrases[0].mask if answer.phrases else np.zeros(sample.mask.shape, bool)
+            inter, union = iou_ignoring(predicted, sample.mask)
+            rows.append({"sample": sample.sample_id, "question": question, "answer": answer.text, "note": answer.note,
+                         "intersection": inter, "union": union, "iou": inter / union if union else 0.0})
+    frame = pd.DataFrame(rows)
+    summary = {"questions": len(frame), "giou": frame["iou"].mean(), "ciou": frame["intersection"].sum() / frame["union"].sum(),
+               "no_phrase": int((frame["note"] != "").sum())}
+    return frame, summary
 

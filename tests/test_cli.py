@@ -54,6 +54,8 @@ def test_counterfactual_and_analyze_report_words_or_position(tmp_path, capsys):
 
 
 def test_chat_gcg_and_reason_end_to_end(tmp_path, capsys):
+    import json
+
     from PIL import Image
 
     from flmm_probe.data.shapes import make_scene
@@ -71,3 +73,10 @@ def test_chat_gcg_and_reason_end_to_end(tmp_path, capsys):
     for task, key in (("gcg", "recall"), ("reason", "giou")):
         assert main([task, "--run", run, "--scenes", "3", "--out", str(tmp_path / task)]) == 0
         assert key in capsys.readouterr().out and (tmp_path / task / f"{task}.parquet").exists()
+    folder = tmp_path / "reasonseg" / "val"
+    folder.mkdir(parents=True)
+    Image.fromarray(make_scene("test", 1).image).save(folder / "one.jpg")
+    (folder / "one.json").write_text(json.dumps({"text": ["what is the largest?"], "is_sentence": False,
+                                                 "shapes": [{"label": "target", "points": [[5, 5], [30, 5], [30, 30]]}]}))
+    assert main(["reason", "--run", run, "--reasonseg", f"{tmp_path / 'reasonseg'}:val", "--out", str(tmp_path / "rs")]) == 0
+    assert "giou" in capsys.readouterr().out

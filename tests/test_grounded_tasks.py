@@ -1,9 +1,13 @@
 """GCG and reasoning-segmentation scores on answers built by hand, and pycocotools' AP."""
 
+import json
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from flmm_probe.apps import GroundedAnswer, GroundedPhrase
+from flmm_probe.data.reasonseg import IGNORE, ReasonSeg, iou_ignoring
 from flmm_probe.data.shapes import make_scene
 from flmm_probe.grounded_tasks import ap50, gcg_scores, greedy_pairs, iou_matrix, phrase_fits
 
@@ -60,3 +64,35 @@ def test_ap50_is_cocoeval_at_iou_half():
     assert ap50(scenes, wrong) == pytest.approx(0.0)
     # Half of the images right, scored above the wrong ones: precision 1 up to recall 0.5.
     assert ap50(scenes, [perfect[0], _answer([])]) == pytest.approx(0.5, abs=0.01)
+
+
+def _write_reasonseg(folder, name, shapes, text=("what is red?",), size=(40, 60), image=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    if image:
+        Image.new("RGB", (size[1], size[0]), (90, 90, 90)).save(folder / f"{name}.jpg")
+    (folder / f"{name}.json").write_text(json.dumps({"text": list(text), "is_sentence": False, "shapes": shapes}))
+
+
+def test_reasonseg_files_become_lisas_masks_and_bad_files_are_counted(tmp_path):
+    square = [[10, 5], [29, 5], [29, 24], [10, 24]]
+    inner = [[15, 10], [20, 10], [20, 15], [15, 15]]
+    folder = tmp_path / "val"
+    _write_reasonseg(folder, "a", [{"label": "target", "points": square}, {"label": "ignore_1", "points": inner},
+                                   {"label": "flag", "points": [[0, 0], [59, 0], [59, 39]]}], text=("q1", "q2"))
+    _write_reasonseg(folder, "b", [{"label": "target", "points": square}], image=False)
+    _write_reasonseg(folder, "c", [{"label": "ignore", "points": square}])
+    (folder / "d.json").write_text("{not json")
+    Image.new("RGB", (4, 4)).save(folder / "d.jpg")
+    dataset = ReasonSeg(tmp_path, "val")
+    samples = list(dataset)
+    assert [s.sample_id for s in samples] == ["a"] and samples[0].questions == ["q1", "q2"]
+    mask = samples[0].mask
+    assert mask.shape == (40, 60) and set(np.unique(mask)) == {0, 1, IGNORE}
+    assert (mask[10:16, 15:21] == IGNORE).all(), "the smaller polygon is drawn last, outline included"
+    assert (mask == 1).sum() == 20 * 20 - 6 * 6 and (mask[5:25, 10:30] > 0).all()
+    assert sorted(b.sample_id for b in dataset.bad) == ["b", "c", "d"]
+    predicted = mask == 1
+    predicted[0, 0] = True
+    assert iou_ignoring(predicted | (mask == IGNORE), mask) == (364, 365), "ignored pixels count for neither"
+    with pytest.raises(FileNotFoundError, match="ROOT/SPLIT"):
+        ReasonSeg(tmp_path, "test")
