@@ -8,17 +8,19 @@ Writes into the output folder (never re-running the LMM: records come from the s
     baselines.parquet           sample phrase baseline metric value (uniform map, centre prior)
     heads.parquet               localization heads: layer head image_mass passes_mass low_entropy_share selected
     head_table.parquet          layer head estimate low high n rank, for the pointing game
+    coverage.json               samples scored, of the dataset's good samples (fewer only with --partial)
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
-from flmm_probe.data.samples import GroundingDataset
+from flmm_probe.data.samples import GroundingDataset, GroundingSample, stored_samples
 from flmm_probe.record import AttentionRecord
 from flmm_probe.store import Store
 
@@ -27,6 +29,8 @@ from .heads import localization_heads
 from .score import ScoredSample, baseline_frame, score_records
 
 log = logging.getLogger(__name__)
+
+COVERAGE = "coverage.json"
 
 
 class StoredRecords:
@@ -42,27 +46,39 @@ class StoredRecords:
         return (self.store.read(sample_id) for sample_id in self.sample_ids)
 
 
-def scored_samples(store: Store, dataset: GroundingDataset) -> Iterator[ScoredSample]:
-    """The dataset's good samples that the store holds, with their masks and phrase attributes."""
-    done = store.done_ids()
-    for sample in dataset:
-        if sample.sample_id not in done:
-            continue
-        attributes = [{"plural": p.plural, "is_thing": p.is_thing, "task": sample.attributes.get("task"),
-                       "kind": p.attributes.get("kind")} for p in sample.phrases]
-        yield ScoredSample(sample.sample_id, store.read(sample.sample_id), list(sample.masks()), attributes)
+def scored_samples(store: Store, dataset: GroundingDataset, partial: bool = True) -> Iterator[ScoredSample]:
+    """The dataset's good samples that the store holds, with their masks and phrase attributes.
+
+    ``partial=False``: raise ``IncompleteStoreError`` if the store lacks any of them (``stored_samples``).
+    """
+    for sample in stored_samples(dataset, store.done_ids(), partial)[0]:
+        yield _scored(store, sample)
 
 
-def analyze(store: Store, dataset: GroundingDataset, out: str | Path, sinks: bool = False, progress: bool = True) -> dict[str, Path]:
-    """Score every stored sample of `dataset`, rank heads, and write the parquet files listed above."""
+def _scored(store: Store, sample: GroundingSample) -> ScoredSample:
+    attributes = [{"plural": p.plural, "is_thing": p.is_thing, "task": sample.attributes.get("task"),
+                   "kind": p.attributes.get("kind")} for p in sample.phrases]
+    return ScoredSample(sample.sample_id, store.read(sample.sample_id), list(sample.masks()), attributes)
+
+
+def analyze(store: Store, dataset: GroundingDataset, out: str | Path, sinks: bool = False, progress: bool = True,
+            partial: bool = False) -> dict[str, Path]:
+    """Score every stored sample of `dataset`, rank heads, and write the parquet files listed above, and
+    coverage.json: {"scored": samples scored, "in_dataset": the dataset's good samples}.
+
+    A store that lacks some of the dataset's good samples is refused (``IncompleteStoreError``) unless
+    ``partial``; then coverage.json says how many were scored.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    samples = list(scored_samples(store, dataset))
+    samples, in_dataset = stored_samples(dataset, store.done_ids(), partial)
     if not samples:
         raise ValueError(f"The store at {store.root} holds none of the dataset's samples; record them first.")
-    missing = len(store.done_ids()) - len(samples)
-    if missing:
-        log.info("analyze: %d stored samples are not in this dataset and are left out", missing)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = [_scored(store, s) for s in samples]
+    extra = len(store.done_ids()) - len(samples)
+    if extra:
+        log.info("analyze: %d stored samples are not in this dataset and are left out", extra)
+    (out / COVERAGE).write_text(json.dumps({"scored": len(samples), "in_dataset": in_dataset}))
     frames = {
         "scores": score_records(samples, sinks=sinks, progress=progress),
         "baselines": baseline_frame(samples),

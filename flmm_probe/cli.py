@@ -99,14 +99,18 @@ def _record_image(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    import json
+
     from analyses.run import analyze
 
     from .data.sources import open_dataset
     from .store import Store
 
     dataset = open_dataset(args.data)
-    for name, path in analyze(Store.open(args.store), dataset, args.out, sinks=args.sinks).items():
+    for name, path in analyze(Store.open(args.store), dataset, args.out, sinks=args.sinks, partial=args.partial).items():
         print(f"{name}: {path}")
+    coverage = json.loads((Path(args.out) / "coverage.json").read_text())
+    print(f"scored {coverage['scored']} of the dataset's {coverage['in_dataset']} samples")
     if args.backbone:
         _print_counterfactual(_backbone(args), dataset, Path(args.out), seed=0, batch_size=8)
     return 0
@@ -175,7 +179,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     grounder = load_grounder(args.run, None if args.no_refiner else _sam(args.sam))
     cache = EmbeddingCache(args.cache) if args.cache else None
-    per_phrase, summary = evaluate(grounder, Store.open(args.store), open_dataset(args.data), cache)
+    per_phrase, summary = evaluate(grounder, Store.open(args.store), open_dataset(args.data), cache, partial=args.partial)
     out = Path(args.out or args.run)
     out.mkdir(parents=True, exist_ok=True)
     per_phrase.to_parquet(out / "per_phrase.parquet")
@@ -311,6 +315,27 @@ def _pooling_argument(parser: argparse.ArgumentParser) -> None:
                              "token, the only one a causal LM lets read the whole phrase)")
 
 
+def _positive(text: str) -> int:
+    """An integer >= 1, for counts and sizes (refused at parse time, before any work starts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
 class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default only where it has one (not "default: None" on required options and flags)."""
 
@@ -331,9 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the whole pipeline on the embedded default", formatter_class=_Defaults
     )
     demo.add_argument("--out", default="runs/demo", help="run folder (rerunning resumes)")
-    demo.add_argument("--scenes", type=int, default=48, help="held-out shapes-world scenes to analyse and evaluate")
-    demo.add_argument("--train-scenes", type=int, default=160, help="shapes-world scenes to fit the decoder on")
-    demo.add_argument("--epochs", type=int, default=4, help="epochs of the decoder fit")
+    demo.add_argument("--scenes", type=_positive, default=48, help="held-out shapes-world scenes to analyse and evaluate")
+    demo.add_argument("--train-scenes", type=_positive, default=160, help="shapes-world scenes to fit the decoder on")
+    demo.add_argument("--epochs", type=_positive, default=4, help="epochs of the decoder fit")
     demo.add_argument("--variant", default="small", help="organism variant")
     demo.set_defaults(handler=_demo)
 
@@ -347,8 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     _backbone_arguments(record)
     record.add_argument("--data", required=True, help="dataset spec: shapes:SPLIT:N[:TASK], refcoco:ROOT:SPLIT, png:ROOT:SPLIT")
     record.add_argument("--store", required=True, help="store folder (created, or resumed if it exists)")
-    record.add_argument("--batch-size", type=int, default=1, help="samples per LMM forward")
-    record.add_argument("--shard-size", type=int, default=64, help="samples per shard file")
+    record.add_argument("--batch-size", type=_positive, default=1, help="samples per LMM forward")
+    record.add_argument("--shard-size", type=_positive, default=64, help="samples per shard file")
     record.add_argument("--maps-dtype", choices=["float16", "bfloat16", "float32"], default="float16",
                         help="dtype of the stored attention maps")
     _pooling_argument(record)
@@ -375,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--data", required=True, help="the dataset spec the store was recorded from")
     analyze.add_argument("--out", required=True, help="run folder for the tables")
     analyze.add_argument("--sinks", action="store_true", help="zero attention-sink cells before scoring")
+    analyze.add_argument("--partial", action="store_true",
+                         help="score the samples the store holds even if it lacks some of the dataset's (coverage.json says how many)")
     analyze.add_argument("--backbone",
                          help="also run `counterfactual` with this backbone (the one the store was recorded with) on the "
                               "dataset's samples of several phrases: do the maps follow the words or their order?")
@@ -396,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="dataset spec with several phrases per text, e.g. shapes:test:100:caption or png:ROOT:val")
     counterfactual.add_argument("--out", required=True, help="folder for counterfactual.parquet and counterfactual_table.parquet")
     counterfactual.add_argument("--seed", type=int, default=0, help="draws each sample's permutation")
-    counterfactual.add_argument("--batch-size", type=int, default=8, help="samples per LMM forward")
+    counterfactual.add_argument("--batch-size", type=_positive, default=8, help="samples per LMM forward")
     counterfactual.set_defaults(handler=_counterfactual)
 
     fit = commands.add_parser(
@@ -409,14 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run folder (a new one, or one to --resume): grounder.json, weights, log.jsonl")
     _sam_arguments(fit)
     fit.add_argument("--cache", help="SAM image-embedding cache folder (default: RUN/sam_embeddings)")
-    fit.add_argument("--epochs", type=int, default=8, help="passes over the stored phrases (paper: 8)")
-    fit.add_argument("--batch-size", type=int, default=8, help="phrases per step per process")
-    fit.add_argument("--lr", type=float, default=1e-4, help="AdamW peak learning rate (paper: 1e-4)")
+    fit.add_argument("--epochs", type=_positive, default=8, help="passes over the stored phrases (paper: 8)")
+    fit.add_argument("--batch-size", type=_positive, default=8, help="phrases per step per process")
+    fit.add_argument("--lr", type=_positive_float, default=1e-4, help="AdamW peak learning rate (paper: 1e-4)")
     fit.add_argument("--seed", type=int, default=0, help="seeds initialisation and data order")
     fit.add_argument("--maps", choices=["stacked", "fused"], default="stacked", help="view kinds as channels, or averaged")
     fit.add_argument("--no-text", action="store_true", help="no phrase-token prompts for the refiner")
-    fit.add_argument("--base-channels", type=int, default=64, help="U-Net width of its first stage (paper: 64)")
-    fit.add_argument("--long-side", type=int, default=64,
+    fit.add_argument("--base-channels", type=_positive, default=64, help="U-Net width of its first stage (paper: 64)")
+    fit.add_argument("--long-side", type=_positive, default=64,
                      help="U-Net input size: maps are resized to this on their long side (paper: 64)")
     fit.add_argument("--resume", action="store_true",
                      help="continue the fit in --out from its last finished epoch (pass the options it was started with)")
@@ -434,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sam_arguments(evaluate)
     evaluate.add_argument("--cache", help="SAM image-embedding cache folder")
     evaluate.add_argument("--out", help="where metrics.json and per_phrase.parquet go (default: the --run folder)")
+    evaluate.add_argument("--partial", action="store_true",
+                          help="score the samples the store holds even if it lacks some of the dataset's (the table says how many)")
     evaluate.set_defaults(handler=_evaluate)
 
     segment = commands.add_parser(
@@ -462,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--question", required=True, help='e.g. "Please give me a description of the image."')
     chat.add_argument("--phrase", action="append",
                       help="a phrase of the answer to segment (repeat for more; default: the shapes world's object phrases)")
-    chat.add_argument("--max-new-tokens", type=int, default=64, help="longest answer")
+    chat.add_argument("--max-new-tokens", type=_positive, default=64, help="longest answer")
     chat.add_argument("--out", default="runs/chat", help="folder for mask_<i>.png and overlay.png")
     chat.set_defaults(handler=_chat)
 
@@ -475,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         task.add_argument("--run", required=True, help="the fit's run folder")
         _sam_arguments(task)
         task.add_argument("--split", default="test", help="shapes-world split (test, edge, close, compositional, ...)")
-        task.add_argument("--scenes", type=int, default=100, help="scenes of the split")
+        task.add_argument("--scenes", type=_positive, default=100, help="scenes of the split")
         task.add_argument("--out", required=True, help=f"folder for {name}.parquet (per item) and {name}.json (summary)")
         if name == "reason":
             task.add_argument("--reasonseg", metavar="ROOT:SPLIT",

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .backbones import Backbone
 from .backbones.base import ImageLike, load_image
 from .cache import EmbeddingCache
-from .data.samples import GroundingDataset, GroundingSample
+from .data.samples import GroundingDataset, GroundingSample, stored_samples
 from .fit import Grounder
 from .metrics import average_recall, intersection_union, res_scores
 from .phrases import PhraseLike
@@ -52,29 +52,25 @@ def predict(
     dataset: GroundingDataset,
     cache: EmbeddingCache | None = None,
     progress: bool = True,
+    samples: list[GroundingSample] | None = None,
 ) -> Iterator[tuple[GroundingSample, int, np.ndarray, np.ndarray | None]]:
     """(sample, phrase_index, coarse mask, refined mask) for every phrase of every dataset sample in `store`.
 
     Masks are (H, W) bool at the original image size, sigmoid(logits) > 0.5; refined is None for a Grounder
     without refiner. Image embeddings come from `cache` when it has them, else the refiner's frozen encoder
-    computes them (nothing is added to the cache). Samples missing from the store are skipped and counted.
+    computes them (nothing is added to the cache). ``samples``: the dataset's good samples to predict (default:
+    all of them, ``IncompleteStoreError`` if the store lacks any: see ``data.samples.stored_samples``).
     """
     grounder.eval()
-    stored = set(store.manifest["sample_id"])
-    skipped = 0
-    for i in tqdm(range(len(dataset)), disable=not progress, desc="predict", unit="sample"):
-        sample = dataset[i]
-        if sample.sample_id not in stored:
-            skipped += 1
-            continue
+    if samples is None:
+        samples = stored_samples(dataset, store.done_ids())[0]
+    for sample in tqdm(samples, disable=not progress, desc="predict", unit="sample"):
         embedding, input_size = _embedding(grounder, sample, cache)
         coarse, refined = grounder.ground(store.read(sample.sample_id), embedding, input_size)
         coarse = (coarse > 0).cpu().numpy()  # sigmoid > 0.5
         refined = (refined > 0).cpu().numpy() if refined is not None else None
         for p in range(len(coarse)):
             yield sample, p, coarse[p], refined[p] if refined is not None else None
-    if skipped:
-        log.info("predict: %d dataset samples are not in the store (bad or not recorded) and were skipped", skipped)
 
 
 def _embedding(grounder: Grounder, sample: GroundingSample, cache: EmbeddingCache | None
@@ -95,8 +91,12 @@ def evaluate(
     dataset: GroundingDataset,
     cache: EmbeddingCache | None = None,
     progress: bool = True,
+    partial: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Score every stored phrase of `dataset`; returns (per_phrase, summary).
+    """Score every phrase of `dataset`'s good samples; returns (per_phrase, summary).
+
+    A store that lacks some of them is refused (``IncompleteStoreError``) unless ``partial``: then the stored
+    ones are scored, and summary["coverage"] = {"scored": samples, "in_dataset": good samples} says so.
 
     per_phrase: one row per phrase, columns sample_id (str), phrase_index (int), dataset, split, task,
         phrase (its text), kind (the dataset's phrase kind where it has one, e.g. the shapes world's
@@ -109,7 +109,8 @@ def evaluate(
     summary: see `summarize`.
     """
     rows = []
-    for sample, p, coarse, refined in predict(grounder, store, dataset, cache, progress):
+    samples, in_dataset = stored_samples(dataset, store.done_ids(), partial)
+    for sample, p, coarse, refined in predict(grounder, store, dataset, cache, progress, samples):
         target = sample.mask(p)
         phrase = sample.phrases[p]
         attributes = sample.attributes
@@ -125,7 +126,7 @@ def evaluate(
     columns = ["sample_id", "phrase_index", "dataset", "split", "task", "phrase", "kind", "plural", "is_thing",
                "target_area", *(f"{c}_{m}" for m in MASKS for c in ("inter", "union", "iou"))]
     per_phrase = pd.DataFrame(rows, columns=columns)
-    return per_phrase, summarize(per_phrase)
+    return per_phrase, {**summarize(per_phrase), "coverage": {"scored": len(samples), "in_dataset": in_dataset}}
 
 
 def summarize(per_phrase: pd.DataFrame) -> dict[str, Any]:
@@ -162,6 +163,9 @@ def summarize(per_phrase: pd.DataFrame) -> dict[str, Any]:
 def format_table(summary: dict[str, Any]) -> str:
     """The paper-style tables (percentages, one decimal) of a `summarize` dict, as plain text."""
     lines = []
+    coverage = summary.get("coverage")
+    if coverage and coverage["scored"] < coverage["in_dataset"]:
+        lines += [f"PARTIAL: {coverage['scored']} of the dataset's {coverage['in_dataset']} samples scored", ""]
     res_cols = ["cIoU", "gIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9", "n"]
     png_cols = ["all", "things", "stuff", "singular", "plural", "n"]
     for task, cols, title in (("res", res_cols, "RES"), ("png", png_cols, "PNG average recall")):

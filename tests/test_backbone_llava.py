@@ -72,3 +72,10 @@ def test_llava_refuses_texts_it_cannot_read_as_they_are():
         backbone.record(img, " ".join(["red"] * limit), ["red"])
     with pytest.raises(ValueError, match="non-empty string"):
         backbone.record(img, None, ["red"])
+
+
+def test_a_loaded_backbone_is_frozen():
+    model, processor = tiny_llava()
+    assert any(p.requires_grad for p in model.parameters())
+    backbone = load_backbone(model, processor)
+    assert not any(p.requires_grad for p in backbone.model.parameters()) and not backbone.model.training

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from flmm_probe import load_backbone
+from flmm_probe.data.samples import IncompleteStoreError
 from flmm_probe.data.sources import ShapesGrounding
 from flmm_probe.evaluate import PALETTE, evaluate, format_table, overlay, segment, summarize
 from flmm_probe.fit import FitConfig, build_grounder
@@ -48,6 +49,16 @@ def test_evaluate_scores_known_ious(llava, tmp_path):
     record_dataset(load_backbone(*llava), dataset, store, batch_size=4, progress=False)
     samples = list(dataset)
     per_phrase, summary = evaluate(Oracle(samples), store, dataset, progress=False)
+    assert summary["coverage"] == {"scored": len(samples), "in_dataset": len(samples)}
+    assert not format_table(summary).startswith("PARTIAL")
+
+    # A dataset with a sample the store lacks: refused, or scored as what it is with partial=True.
+    larger = ShapesGrounding("test", 3, "mix")
+    with pytest.raises(IncompleteStoreError, match="pass --partial"):
+        evaluate(Oracle(list(larger)), store, larger, progress=False)
+    _, part = evaluate(Oracle(samples), store, larger, progress=False, partial=True)
+    assert part["coverage"] == {"scored": len(samples), "in_dataset": len(list(larger))}
+    assert format_table(part).startswith(f"PARTIAL: {len(samples)} of the dataset's {len(list(larger))} samples scored")
 
     assert len(per_phrase) == sum(len(s.phrases) for s in samples)
     assert set(per_phrase["task"]) == {"res", "png"} and set(per_phrase["dataset"]) == {"shapes"}

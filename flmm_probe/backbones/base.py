@@ -89,7 +89,8 @@ class Backbone:
     text_suffix: str = ""
 
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, instruction: str = DEFAULT_INSTRUCTION):
-        self.model = model.eval()
+        # Frozen means frozen: no gradient can reach the model's weights through a backbone.
+        self.model = model.eval().requires_grad_(False)
         self.processor = processor
         self.instruction = instruction
 

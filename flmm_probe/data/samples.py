@@ -182,3 +182,26 @@ class GroundingDataset:
     def bad_counts(self) -> Counter[str]:
         """How many samples were skipped, by kind of problem."""
         return Counter(b.kind for b in self.bad)
+
+
+class IncompleteStoreError(ValueError):
+    """A store lacks some of a dataset's good samples, and scoring them all was asked for."""
+
+
+def stored_samples(dataset: GroundingDataset, stored: set[str], partial: bool = False) -> tuple[list[GroundingSample], int]:
+    """The dataset's good samples whose ids are in ``stored``, and how many good samples it has in all.
+
+    Unless ``partial``, a good sample missing from ``stored`` raises ``IncompleteStoreError`` naming how many
+    and what to do: a score over part of a dataset must never pass for the whole dataset's.
+    """
+    good = list(dataset)
+    kept = [s for s in good if s.sample_id in stored]
+    missing = len(good) - len(kept)
+    if missing and not partial:
+        example = next(s.sample_id for s in good if s.sample_id not in stored)
+        raise IncompleteStoreError(
+            f"The store holds {len(kept)} of the dataset's {len(good)} good samples ({missing} missing, e.g. {example!r}): "
+            "record the rest (rerun `flmm-probe record` with the same arguments: it resumes), or pass --partial "
+            "(partial=True) to score the samples that are there, reported as such."
+        )
+    return kept, len(good)

@@ -96,27 +96,25 @@ class Mixture(GroundingDataset):
         return self.parts[part]._build(inner)
 
 
+SPEC_FORMS = "shapes:SPLIT:N[:TASK], refcoco:ROOT:SPLIT[:MODE] (also refcoco+ and refcocog), or png:ROOT:SPLIT"
+
+
 def open_dataset(spec: str) -> GroundingDataset:
     """A dataset from a spec string (see the module docstring). Raises ValueError naming the formats."""
     if "," in spec:
         return Mixture([open_dataset(part) for part in spec.split(",")])
     name, _, rest = spec.partition(":")
     parts = rest.split(":") if rest else []
-    try:
-        if name == "shapes":
-            split, length, *task = parts
-            return ShapesGrounding(split, int(length), *(task or ["res"]))
-        if name in ("refcoco", "refcoco+", "refcocog"):
-            root, split, *mode = parts
-            default = "concat" if split == "train" else "select_first"
-            return RefCOCO(root, name, split, mode[0] if mode else default)
-        if name == "png":
-            root, split = parts
-            return PNGDataset.from_root(root, split)
-    except ValueError as err:
-        if "unpack" not in str(err) and "invalid literal" not in str(err):
-            raise
-    raise ValueError(
-        f"Cannot read the dataset spec {spec!r}. Use shapes:SPLIT:N[:TASK], refcoco:ROOT:SPLIT[:MODE] "
-        "(also refcoco+ and refcocog), or png:ROOT:SPLIT."
-    )
+    if name == "shapes" and len(parts) in (2, 3):
+        split, length, *task = parts
+        if not length.isdigit() or int(length) < 1:
+            raise ValueError(f"In {spec!r}, N is the number of scenes, a whole number >= 1 (got {length!r}).")
+        return ShapesGrounding(split, int(length), *(task or ["res"]))
+    if name in ("refcoco", "refcoco+", "refcocog") and len(parts) in (2, 3):
+        root, split, *mode = parts
+        default = "concat" if split == "train" else "select_first"
+        return RefCOCO(root, name, split, mode[0] if mode else default)
+    if name == "png" and len(parts) == 2:
+        root, split = parts
+        return PNGDataset.from_root(root, split)
+    raise ValueError(f"Cannot read the dataset spec {spec!r}. Use {SPEC_FORMS}.")
