@@ -148,3 +148,28 @@ def check_planted(backbone: Backbone, size: tuple[int, int], box: tuple[int, int
         )[None, :]
         inside = float(canvas[near].sum())
         assert inside >= min_inside, f"{kind}: only {inside:.2f} of the planted change lies near {box}"
+
+
+def llava_steps(variant: str, threads: int, steps: int = 2) -> list[torch.Tensor]:
+    """The trainable parameters of a fresh organism ``variant`` after ``steps`` LLaVA steps of its recipe at full
+    batch, on ``threads`` torch threads (restored afterwards)."""
+    from flmm_probe.data.shapes import IMAGE_SIZE
+    from flmm_probe.organism.build import VARIANTS, build_lmm, build_processor
+    from flmm_probe.organism.train import BATCH, lmm_batch, text_recipe
+    from flmm_probe.organism.vision import optimizer_step
+
+    processor = build_processor(VARIANTS[variant].patch)
+    torch.manual_seed(0)
+    model = build_lmm(VARIANTS[variant], processor.tokenizer)
+    model.model.vision_tower.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for step in range(steps):
+            inputs = lmm_batch(step, BATCH, 1, processor, (IMAGE_SIZE // VARIANTS[variant].patch) ** 2, text_recipe(variant))
+            optimizer_step(model(**inputs).loss, opt, params)
+    finally:
+        torch.set_num_threads(before)
+    return [p.detach().clone() for p in params]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import re
 import signal
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from flmm_probe.organism import (
     shipped_steps,
 )
 from flmm_probe.organism import evaluate
-from flmm_probe.organism.build import VARIANTS, SamConfig, build_lmm, build_processor, build_sam
+from flmm_probe.organism.build import VARIANTS, SamConfig, build_processor, build_sam
 from flmm_probe.organism.evaluate import (
     PHRASE_WORDS,
     caption_accuracy,
@@ -44,12 +43,14 @@ from flmm_probe.organism.sam import box_miou, load_sam, save_sam, saved_sam_conf
 from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, TextRecipe, conversation, encode, grounded_expression,
                                       object_listing, referring_questions, shuffled_inventory)
 from flmm_probe.organism import text, train
-from flmm_probe.organism.train import (AUTOCAST, BATCH, COUNT_QUESTIONS, DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LISTING_LEADS,
+from flmm_probe.organism.train import (AUTOCAST, COUNT_QUESTIONS, DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LISTING_LEADS,
                                        LMM_STEPS, LR, OBJECT_LISTINGS, RANK_TARGET, RANKED_EXPRESSIONS, REFERRING_KINDS,
                                        REASONING, REFERRING_QUESTIONS, RELATIONAL_EXPRESSIONS, SAM_BATCH, SAM_LR, SAM_STEPS, SEED,
-                                       SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, lmm_batch, main, shared_threads,
+                                       SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, main, shared_threads,
                                        text_recipe, train_lmm)
-from flmm_probe.organism.vision import ATTRIBUTES, RANK, object_patch_accuracy, optimizer_step, patch_labels
+from flmm_probe.organism.vision import ATTRIBUTES, RANK, object_patch_accuracy, patch_labels
+
+from checks import llava_steps
 
 # A fixed held-out set: the first 100 scenes of the test split (seed 0).
 HELD_OUT = [make_scene("test", i) for i in range(100)]
@@ -549,32 +550,12 @@ def test_autocast_runs_the_llava_stage_in_bfloat16(tmp_path):
     assert any(not torch.equal(final["float32"][k], final["bfloat16"][k]) for k in final["float32"]), "bf16 forward"
 
 
-def _llava_steps(variant: str, threads: int, steps: int = 2) -> list[torch.Tensor]:
-    """The trainable parameters after ``steps`` LLaVA steps of ``variant``'s recipe at full batch, on ``threads`` threads."""
-    processor = build_processor(VARIANTS[variant].patch)
-    torch.manual_seed(0)
-    model = build_lmm(VARIANTS[variant], processor.tokenizer)
-    model.model.vision_tower.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for step in range(steps):
-            inputs = lmm_batch(step, BATCH, 1, processor, (IMAGE_SIZE // VARIANTS[variant].patch) ** 2,
-                               text_recipe(variant))
-            optimizer_step(model(**inputs).loss, opt, params)
-    finally:
-        torch.set_num_threads(before)
-    return [p.detach().clone() for p in params]
-
-
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_llava_steps_on_one_or_two_threads_agree(variant):
     # `flmm-probe organism train` hands a finished job's core to the LLaVA stages still running. On some CPU and
     # torch-wheel combinations the steps then compute the same bits (docs/organism.md says where this was
     # checked, with benchmarks/thread_exactness.py); everywhere they agree to float32 rounding.
-    one, two = _llava_steps(variant, 1), _llava_steps(variant, 2)
+    one, two = llava_steps(variant, 1), llava_steps(variant, 2)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(one, two))
 
 
