@@ -13,6 +13,7 @@ Commands:
   chat               ask about an image; the answer's phrases are segmented
   gcg                grounded conversation generation on the shapes world (recall, mIoU, AP50)
   reason             reasoning segmentation on the shapes world (gIoU, cIoU)
+  view               one self-contained interactive HTML page of a record or store sample
   figures            render the figures of a run folder (PDF + PNG)
   organism train     retrain the embedded default models from a seed
   organism evaluate  score them: captions, questions, pointing per layer, SAM box mIoU
@@ -255,6 +256,34 @@ def _grounded_task(args: argparse.Namespace) -> int:
     frame.to_parquet(out / f"{args.command}.parquet")
     (out / f"{args.command}.json").write_text(json.dumps(summary, indent=2, default=float))
     print("\n".join(f"{key:>28}  {value:.3f}" if isinstance(value, float) else f"{key:>28}  {value}" for key, value in summary.items()))
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    from .viewer import View, store_view
+
+    source = Path(args.source)
+    if source.is_file():
+        from .record import AttentionRecord
+
+        view = View(AttentionRecord.load(source), image=args.image, kind=args.kind, title=source.stem)
+    else:
+        from .data.sources import open_dataset
+        from .fit import load_grounder
+        from .store import Store
+
+        store = Store.open(source)
+        tokenizer = None
+        if store.config.get("backbone", "").startswith("organism"):
+            from .organism import load_organism
+
+            tokenizer = load_organism(store.config["backbone"].partition(":")[2] or "small")[1].tokenizer
+        grounder = load_grounder(args.run, None if args.no_refiner else _sam(args.sam)) if args.run else None
+        view = store_view(store, args.sample, open_dataset(args.data) if args.data else None, args.analysis, grounder,
+                          args.kind, tokenizer)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(view.page())
+    print(f"view -> {args.out}")
     return 0
 
 
@@ -511,6 +540,25 @@ def build_parser() -> argparse.ArgumentParser:
                               help="score ReasonSeg-format data (LISA: ROOT/SPLIT/<name>.jpg + <name>.json) instead of "
                                    "shapes-world scenes; each answer is segmented as one phrase")
         task.set_defaults(handler=_grounded_task)
+
+    view = commands.add_parser(
+        "view", formatter_class=_Defaults,
+        help="one self-contained HTML page: every phrase x layer x head map over the image, interactive",
+        description="Write one HTML page (no network needed) that shows a record: the text with its phrases, a layer x head "
+                    "grid of the chosen phrase's maps, the chosen map over the image with an opacity slider, the mask's "
+                    "outline, fitted masks and per-head scores where given. Arrow keys move across layers and heads, "
+                    "[ and ] across phrases; the URL hash keeps the state.",
+    )
+    view.add_argument("source", help="a record file (.safetensors, from record-image) or a store folder")
+    view.add_argument("--out", required=True, help="the HTML page to write")
+    view.add_argument("--sample", help="store: the sample id (default: its first sample)")
+    view.add_argument("--data", help="store: the dataset spec it was recorded from (the image and masks)")
+    view.add_argument("--analysis", help="store: an `analyze` run folder (per-head pointing, AUROC, mass in mask)")
+    view.add_argument("--run", help="store: a fitted run folder (coarse and refined masks; needs --data)")
+    _sam_arguments(view)
+    view.add_argument("--image", help="record file: the image it was recorded on")
+    view.add_argument("--kind", default="fused", help="view kind to show (global, tiles, ...) or fused (all averaged)")
+    view.set_defaults(handler=_view)
 
     figures = commands.add_parser("figures", help="render every figure a run folder allows (see its --help)", add_help=False)
     figures.set_defaults(handler=_figures, passthrough=True)

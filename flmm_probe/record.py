@@ -59,6 +59,12 @@ class AttentionRecord:
         size = size or max((m.shape[-2:] for m in self.maps.values()), key=lambda s: s[0] * s[1])
         return torch.cat([_resize(m, size).flatten(1, 2) for m in self.maps.values()], dim=1)
 
+    def _repr_html_(self) -> str:
+        """In Jupyter, the interactive viewer of this record's maps (``flmm_probe.viewer``; no image: it is not stored)."""
+        from .viewer import View
+
+        return View(self)._repr_html_()
+
     def save(self, path: str | Path) -> None:
         """Write the record to one safetensors file (tensors + JSON metadata in its header)."""
         tensors = {f"maps.{kind}": m.contiguous() for kind, m in self.maps.items()}
