@@ -201,8 +201,17 @@ class ShardSet:
         return frame[[c for c in self.base_columns if c in frame.columns] + tensor_cols + extras]
 
     def read_fragments(self, shards: Sequence[str], columns: list[str] | None = None) -> pd.DataFrame:
-        frames = [pd.read_parquet(self.fragment_path(s), columns=columns) for s in shards]
+        frames = [self._fragment(s, columns) for s in shards]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns or self.base_columns)
+
+    def _fragment(self, shard: str, columns: list[str] | None) -> pd.DataFrame:
+        """One shard's manifest fragment; a fragment that cannot be read raises StoreCorruptionError naming it."""
+        path = self.fragment_path(shard)
+        try:
+            return pd.read_parquet(path, columns=columns)
+        except (OSError, ValueError) as err:  # pyarrow's errors derive from these
+            raise StoreCorruptionError(self.folder / shard, f"its manifest fragment {path.name} cannot be read "
+                                                            f"({type(err).__name__}: {err})") from err
 
     def manifest(self, consolidated: Path) -> pd.DataFrame:
         """All visible rows sorted by `sort_by`; from `consolidated` when it covers exactly the visible shards."""
@@ -212,8 +221,13 @@ class ShardSet:
             # stale if shards came or went, or a fragment was rewritten (a discarded shard re-recorded)
             newest = max((self.fragment_path(s).stat().st_mtime_ns for s in shards), default=0)
             if consolidated.stat().st_mtime_ns >= newest:
-                frame = pd.read_parquet(consolidated)
-                if set(frame["shard"]) != set(shards):
+                try:
+                    frame = pd.read_parquet(consolidated)
+                except (OSError, ValueError) as err:  # the fragments are the truth: read them instead
+                    log.warning("%s cannot be read (%s); reading the manifest fragments instead (consolidate() rewrites it)",
+                                consolidated, err)
+                    frame = None
+                if frame is not None and set(frame["shard"]) != set(shards):
                     frame = None
             if frame is None:
                 log.debug("%s is stale; reading the manifest fragments", consolidated)

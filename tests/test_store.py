@@ -255,3 +255,16 @@ def test_embedding_cache_corruption_detected(tmp_path):
     assert cache.verify() == [first, second]
     cache.discard_shard(first)
     assert "img0" not in cache and "img3" in cache
+
+
+def test_a_damaged_manifest_fragment_or_manifest_is_named(tmp_path):
+    store = record_job(tmp_path / "store", job_order())
+    store.consolidate()
+    (store.root / "manifest.parquet").write_bytes(b"not parquet")  # the fragments are the truth: read instead
+    assert Store.open(store.root).done_ids() == {sample_id(i) for i in range(NUM_SAMPLES)}
+    shard = store.shards.shards()[0]
+    fragment = store.shards.fragment_path(shard)
+    fragment.write_bytes(fragment.read_bytes()[:40])
+    with pytest.raises(StoreCorruptionError, match=f"{shard}: its manifest fragment .* cannot be read") as err:
+        Store.open(store.root).done_ids()
+    assert "discard_shard" in str(err.value)
