@@ -209,6 +209,9 @@ class AttentionProbe:
         self._saved: dict[int, tuple[Any, str | None]] = {}
 
     def __enter__(self) -> AttentionProbe:
+        # Checked first: inside a probe the model runs the probe's own implementation, which the check below would name.
+        if any(id(m) in _ACTIVE for m in self.layers):
+            raise ProbeError("This model already has an active AttentionProbe; nest probes on different models only.")
         current = self.model.config.get_text_config()._attn_implementation
         if current == "sdpa":
             name = PROBE_SDPA
@@ -219,8 +222,6 @@ class AttentionProbe:
                 f'The language model runs attn_implementation="{current}"; the probe wraps "sdpa" or "eager". '
                 'Load the model with attn_implementation="sdpa" (or "eager" where SDPA is refused).'
             )
-        if any(id(m) in _ACTIVE for m in self.layers):
-            raise ProbeError("This model already has an active AttentionProbe; nest probes on different models only.")
         self._saved = _config_implementations(self.model)
         key = text_config_key(self.model)
         self.model.set_attn_implementation(name if key is None else {key: name})

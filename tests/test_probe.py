@@ -97,3 +97,16 @@ def test_bad_positions_and_unsupported_implementation():
     with pytest.raises(ProbeError, match="sdpa"):
         with AttentionProbe(model, torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long)):
             pass
+
+
+def test_a_nested_probe_on_the_same_model_is_refused_and_the_outer_one_still_works():
+    model = tiny_llama()
+    ids = torch.randint(0, 50, (1, 8))
+    positions = torch.tensor([[5]]), torch.tensor([[1, 2]])
+    with AttentionProbe(model, *positions) as outer:
+        with pytest.raises(ProbeError, match="already has an active AttentionProbe"):
+            with AttentionProbe(model, *positions):
+                pass
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+    assert outer.recorded.all() and model.config._attn_implementation == "sdpa"
