@@ -15,13 +15,15 @@ answer is grounded (``apps.ground_answer``), and the masks are scored as GLaMM's
 Reasoning segmentation: each ``shapes.reasoning_questions`` question ("which object is the largest?") is
 answered, the answer's first object phrase is segmented, and gIoU (mean per-question IoU) and cIoU (summed
 intersections over summed unions) are scored against the answer's object; an answer with no phrase scores
-IoU 0 and is counted. ``evaluate_reasonseg`` does the same on the public ReasonSeg format, LISA's ignored
+IoU 0 and is counted. Baselines on the same phrases: a random object of the scene, and a centred disk
+(``BASELINES``). ``evaluate_reasonseg`` does the same on the public ReasonSeg format, LISA's ignored
 pixels left out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 from collections.abc import Iterable, Sequence
 
@@ -117,24 +119,58 @@ def ap50(scenes: Sequence[Scene], answers: Sequence[GroundedAnswer]) -> float:
     return float(np.mean(precision[precision > -1])) if (precision > -1).any() else 0.0
 
 
+# Baselines that keep the answer's phrases and replace their masks: a random object of the scene (chance at
+# choosing), and a centred disk of the median object area (where objects tend to be).
+BASELINES = ("random_object", "centre_prior")
+CENTRE_RADIUS = 10.0  # px: a disk of about the median object area (small and large objects alike)
+
+
+def centre_prior(size: tuple[int, int], radius: float = CENTRE_RADIUS) -> np.ndarray:
+    """(H, W) bool disk of ``radius`` at the image centre."""
+    y, x = np.mgrid[0 : size[0], 0 : size[1]] + 0.5
+    return (y - size[0] / 2) ** 2 + (x - size[1] / 2) ** 2 <= radius**2
+
+
+def baseline_answer(answer: GroundedAnswer, scene: Scene, baseline: str, rng: np.random.Generator) -> GroundedAnswer:
+    """``answer`` with each phrase's mask replaced by the ``baseline``'s (``BASELINES``); scores stay."""
+    def mask() -> np.ndarray:
+        if baseline == "random_object":
+            return scene.objects[int(rng.integers(len(scene.objects)))].mask
+        return centre_prior(scene.image.shape[:2])
+
+    phrases = [dataclasses.replace(p, mask=mask()) for p in answer.phrases]
+    return dataclasses.replace(answer, phrases=phrases)
+
+
 def evaluate_gcg(backbone: Backbone, grounder: Grounder, scenes: Sequence[Scene], max_new_tokens: int = 48,
-                 progress: bool = True) -> tuple[pd.DataFrame, dict]:
+                 progress: bool = True, seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """GCG on ``scenes``: per-image rows (scene, answer, objects, phrases, matched, miou) and the summary
-    (recall, miou, ap50, caption attributes, answers without a phrase)."""
+    (recall, miou, ap50, caption attributes, answers without a phrase), and the same recall / mIoU / AP50 for
+    each of ``BASELINES`` on the same phrases ("<baseline>/recall", ...; ``seed`` draws the random objects)."""
+    rng = np.random.default_rng(seed)
     answers, rows = [], []
     caption: dict[str, list[bool]] = {}
+    baselines: dict[str, list[GroundedAnswer]] = {b: [] for b in BASELINES}
     for scene in tqdm(scenes, desc="gcg", disable=not progress):
         answer = ground_answer(backbone, grounder, scene.image, DESCRIBE, shapes_phrases, max_new_tokens)
         answers.append(answer)
         scores = gcg_scores(scene, answer)
         for key, hits in scores.pop("caption").items():
             caption.setdefault(key, []).extend(hits)
-        rows.append({"scene": f"{scene.split}/{scene.index}", "answer": answer.text, "phrases": len(answer.phrases),
-                     "note": answer.note, **scores})
+        row = {"scene": f"{scene.split}/{scene.index}", "answer": answer.text, "phrases": len(answer.phrases),
+               "note": answer.note, **scores}
+        for name, kept in baselines.items():
+            kept.append(baseline_answer(answer, scene, name, rng))
+            other = gcg_scores(scene, kept[-1])
+            row |= {f"{name}/matched": other["matched"], f"{name}/miou": other["miou"]}
+        rows.append(row)
     frame = pd.DataFrame(rows)
     summary = {"images": len(frame), "recall": frame["matched"].sum() / frame["objects"].sum(), "miou": frame["miou"].mean(),
                "ap50": ap50(scenes, answers), "no_phrase": int((frame["phrases"] == 0).sum())}
     summary |= {f"caption_{key}": float(np.mean(hits)) for key, hits in caption.items()}
+    for name, kept in baselines.items():
+        summary |= {f"{name}/recall": frame[f"{name}/matched"].sum() / frame["objects"].sum(),
+                    f"{name}/miou": frame[f"{name}/miou"].mean(), f"{name}/ap50": ap50(scenes, kept)}
     return frame, summary
 
 
@@ -150,12 +186,22 @@ def evaluate_reasoning(backbone: Backbone, grounder: Grounder, scenes: Sequence[
         truth = scene.objects[question.target].mask
         predicted = answer.phrases[0].mask if answer.phrases else np.zeros_like(truth)
         inter, union = intersection_union(predicted, truth)
-        rows.append({"scene": f"{scene.split}/{scene.index}", "question": question.question, "kind": question.kind,
-                     "answer": answer.text, "right": answer.text.removesuffix(".").strip() == question.answer,
-                     "grounded": bool(answer.phrases), "intersection": inter, "union": union, "iou": inter / union})
+        row = {"scene": f"{scene.split}/{scene.index}", "question": question.question, "kind": question.kind,
+               "answer": answer.text, "right": answer.text.removesuffix(".").strip() == question.answer,
+               "grounded": bool(answer.phrases), "intersection": inter, "union": union, "iou": inter / union}
+        # Baselines, in expectation: any of the scene's objects at random; the centre prior.
+        pairs = [intersection_union(o.mask, truth) for o in scene.objects]
+        row |= {"random_object/intersection": np.mean([i for i, _ in pairs]), "random_object/union": np.mean([u for _, u in pairs]),
+                "random_object/iou": np.mean([i / u for i, u in pairs])}
+        i, u = intersection_union(centre_prior(truth.shape), truth)
+        row |= {"centre_prior/intersection": i, "centre_prior/union": u, "centre_prior/iou": i / u}
+        rows.append(row)
     frame = pd.DataFrame(rows)
     summary = {"questions": len(frame), "giou": frame["iou"].mean(), "ciou": frame["intersection"].sum() / frame["union"].sum(),
                "answer_accuracy": frame["right"].mean(), "no_phrase": int((~frame["grounded"]).sum())}
+    for name in BASELINES:
+        summary |= {f"{name}/giou": frame[f"{name}/iou"].mean(),
+                    f"{name}/ciou": frame[f"{name}/intersection"].sum() / frame[f"{name}/union"].sum()}
     for kind, part in frame.groupby("kind"):
         summary[f"{kind}/giou"] = part["iou"].mean()
         summary[f"{kind}/answer_accuracy"] = part["right"].mean()

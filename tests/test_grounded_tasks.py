@@ -9,7 +9,8 @@ from PIL import Image
 from flmm_probe.apps import GroundedAnswer, GroundedPhrase
 from flmm_probe.data.reasonseg import IGNORE, ReasonSeg, iou_ignoring
 from flmm_probe.data.shapes import make_scene
-from flmm_probe.grounded_tasks import ap50, gcg_scores, greedy_pairs, iou_matrix, phrase_fits
+from flmm_probe.grounded_tasks import (CENTRE_RADIUS, ap50, baseline_answer, centre_prior, gcg_scores, greedy_pairs,
+                                       iou_matrix, phrase_fits)
 
 SCENE = next(s for s in (make_scene("test", i) for i in range(50)) if len(s.objects) == 3)
 
@@ -96,3 +97,15 @@ def test_reasonseg_files_become_lisas_masks_and_bad_files_are_counted(tmp_path):
     assert iou_ignoring(predicted | (mask == IGNORE), mask) == (364, 365), "ignored pixels count for neither"
     with pytest.raises(FileNotFoundError, match="ROOT/SPLIT"):
         ReasonSeg(tmp_path, "test")
+
+
+def test_baselines_replace_masks_and_keep_phrases():
+    answer = _answer([(f"the {o.shape}", o.mask) for o in SCENE.objects])
+    rng = np.random.default_rng(0)
+    centre = baseline_answer(answer, SCENE, "centre_prior", rng)
+    assert [p.text for p in centre.phrases] == [p.text for p in answer.phrases]
+    assert all((p.mask == centre_prior((80, 80))).all() for p in centre.phrases)
+    assert centre_prior((80, 80)).sum() == pytest.approx(np.pi * CENTRE_RADIUS**2, rel=0.05)
+    drawn = baseline_answer(answer, SCENE, "random_object", rng)
+    assert all(any((p.mask == o.mask).all() for o in SCENE.objects) for p in drawn.phrases)
+    assert answer.phrases[0].mask is SCENE.objects[0].mask, "the answer itself is left as it was"
