@@ -47,11 +47,14 @@ def _backbone(args: argparse.Namespace):
 
     from .backbones import load_backbone
 
-    kwargs = {}
+    import os
+
+    from .devices import placement
+
+    gpus = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+    kwargs = placement(os.environ, gpus, args.device_map)  # one GPU per rank under torchrun
     if args.dtype:
         kwargs["dtype"] = getattr(torch, args.dtype)
-    if args.device_map:
-        kwargs["device_map"] = args.device_map
     return load_backbone(args.backbone, **kwargs)
 
 
@@ -147,6 +150,13 @@ def _sam(spec: str):
     return load_sam(kind, checkpoint) if checkpoint else load_sam(spec)
 
 
+def _grounder(args: argparse.Namespace):
+    """The fitted grounder of --run, with --sam's image encoder unless --no-refiner, on --device."""
+    from .fit import load_grounder
+
+    return load_grounder(args.run, None if args.no_refiner else _sam(args.sam), device=args.device)
+
+
 def _fit(args: argparse.Namespace) -> int:
     from .cache import EmbeddingCache
     from .data.sources import open_dataset
@@ -175,10 +185,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .cache import EmbeddingCache
     from .data.sources import open_dataset
     from .evaluate import evaluate, format_table
-    from .fit import load_grounder
     from .store import Store
 
-    grounder = load_grounder(args.run, None if args.no_refiner else _sam(args.sam))
+    grounder = _grounder(args)
     cache = EmbeddingCache(args.cache) if args.cache else None
     per_phrase, summary = evaluate(grounder, Store.open(args.store), open_dataset(args.data), cache, partial=args.partial)
     out = Path(args.out or args.run)
@@ -195,9 +204,8 @@ def _segment(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .evaluate import overlay, segment
-    from .fit import load_grounder
 
-    grounder = load_grounder(args.run, None if args.no_refiner else _sam(args.sam))
+    grounder = _grounder(args)
     masks, _, _ = segment(_backbone(args), grounder, args.image, args.text, args.phrase)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -214,9 +222,8 @@ def _chat(args: argparse.Namespace) -> int:
 
     from .apps import ground_answer, shapes_phrases
     from .evaluate import overlay
-    from .fit import load_grounder
 
-    grounder = load_grounder(args.run, None if args.no_refiner else _sam(args.sam))
+    grounder = _grounder(args)
     answer = ground_answer(_backbone(args), grounder, args.image, args.question, args.phrase or shapes_phrases,
                            args.max_new_tokens)
     print(answer.text)
@@ -240,11 +247,10 @@ def _grounded_task(args: argparse.Namespace) -> int:
     import json
 
     from .data.shapes import ShapesDataset
-    from .fit import load_grounder
     from .data.reasonseg import ReasonSeg
     from .grounded_tasks import evaluate_gcg, evaluate_reasoning, evaluate_reasonseg
 
-    grounder = load_grounder(args.run, None if args.no_refiner else _sam(args.sam))
+    grounder = _grounder(args)
     if getattr(args, "reasonseg", None):
         root, _, split = args.reasonseg.rpartition(":")
         frame, summary = evaluate_reasonseg(_backbone(args), grounder, ReasonSeg(root, split))
@@ -269,7 +275,6 @@ def _view(args: argparse.Namespace) -> int:
         view = View(AttentionRecord.load(source), image=args.image, kind=args.kind, title=source.stem)
     else:
         from .data.sources import open_dataset
-        from .fit import load_grounder
         from .store import Store
 
         store = Store.open(source)
@@ -278,7 +283,7 @@ def _view(args: argparse.Namespace) -> int:
             from .organism import load_organism
 
             tokenizer = load_organism(store.config["backbone"].partition(":")[2] or "small")[1].tokenizer
-        grounder = load_grounder(args.run, None if args.no_refiner else _sam(args.sam)) if args.run else None
+        grounder = _grounder(args) if args.run else None
         view = store_view(store, args.sample, open_dataset(args.data) if args.data else None, args.analysis, grounder,
                           args.kind, tokenizer)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -328,12 +333,16 @@ def _backbone_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model dtype when loading (default: the dtype the checkpoint was saved in, as "
                              "from_pretrained's dtype='auto'; the organism: float32). A float16 folder such as an "
                              "organism training run's records in float16, about 3x slower on a CPU: pass float32")
-    parser.add_argument("--device-map", help='e.g. "auto" to spread a large model over the GPUs')
+    parser.add_argument("--device-map",
+                        help='e.g. "auto" to spread a model larger than one GPU over several (under torchrun, over this '
+                             "rank's share of the node's GPUs); without it, with CUDA, the model goes to cuda:LOCAL_RANK")
 
 
-def _sam_arguments(parser: argparse.ArgumentParser) -> None:
+def _sam_arguments(parser: argparse.ArgumentParser, device: bool = True) -> None:
     parser.add_argument("--sam", default="organism", help='"organism", "vit_l:CHECKPOINT" or a SAM checkpoint path')
     parser.add_argument("--no-refiner", action="store_true", help="coarse U-Net masks only, no SAM")
+    if device:
+        parser.add_argument("--device", default="cpu", help="where the fitted decoder and SAM run, e.g. cuda or cuda:1")
 
 
 def _pooling_argument(parser: argparse.ArgumentParser) -> None:
@@ -463,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--data", required=True, help="the dataset spec the store was recorded from (for the masks)")
     fit.add_argument("--out", required=True,
                      help="run folder (a new one, or one to --resume): grounder.json, weights, log.jsonl")
-    _sam_arguments(fit)
+    _sam_arguments(fit, device=False)
     fit.add_argument("--cache", help="SAM image-embedding cache folder (default: RUN/sam_embeddings)")
     fit.add_argument("--epochs", type=_positive, default=8, help="passes over the stored phrases (paper: 8)")
     fit.add_argument("--batch-size", type=_positive, default=8, help="phrases per step per process")
