@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,11 +142,12 @@ class Grounder(nn.Module):
     maps, pooling: as in FitConfig; they say how records become decoder inputs.
     """
 
-    def __init__(self, decoder: MaskDecoder, refiner: SamRefiner | None, maps: str = "stacked", pooling: str = "mean") -> None:
+    def __init__(self, decoder: MaskDecoder, refiner: SamRefiner | None, maps: str = "stacked", pooling: str = "mean",
+                 kinds: Sequence[str] | None = None) -> None:
         super().__init__()
         self.decoder = decoder
         self.refiner = refiner
-        self.maps, self.pooling = maps, pooling
+        self.maps, self.pooling, self.kinds = maps, pooling, kinds
 
     @property
     def device(self) -> torch.device:
@@ -154,7 +155,7 @@ class Grounder(nn.Module):
 
     def channels(self, record: AttentionRecord) -> torch.Tensor:
         """(phrase, C, y, x) float32 decoder input of a record (see `record_channels`)."""
-        return record_channels(record, self.maps)
+        return record_channels(record, self.maps, self.kinds)
 
     def coarse(self, maps: torch.Tensor) -> torch.Tensor:
         """(n, C, y, x) maps -> (n, Y', X') coarse logits at the decoder's map grid (covering the whole image)."""
@@ -197,11 +198,12 @@ class Grounder(nn.Module):
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith(_FROZEN_PREFIX)}
 
 
-def record_channels(record: AttentionRecord, maps: str = "stacked") -> torch.Tensor:
-    """(phrase, C, y, x) float32: a record's maps as decoder channels, "stacked" (kind * layer * head) or
-    "fused" (layer * head, kinds averaged), at the finest kind's grid."""
+def record_channels(record: AttentionRecord, maps: str = "stacked", kinds: Sequence[str] | None = None) -> torch.Tensor:
+    """(phrase, C, y, x) float32: a record's maps as decoder channels, "stacked" (kind * layer * head, for each of
+    ``kinds`` in that order, zeros for a kind the record lacks; default the record's own) or "fused" (layer *
+    head, kinds averaged), at the finest kind's grid."""
     if maps == "stacked":
-        return record.stacked()
+        return record.stacked(kinds=kinds)
     if maps == "fused":
         return record.fused().flatten(1, 2)
     raise ValueError(f"Unknown maps {maps!r}; choose one of {MAP_KINDS}.")
@@ -222,10 +224,11 @@ def _own_sam(sam: Sam) -> Sam:
 
 
 def build_grounder(config: FitConfig, in_channels: int, sam: Sam | None, text_dim: int | None = None,
-                   text_layers: int | None = None) -> Grounder:
+                   text_layers: int | None = None, kinds: Sequence[str] | None = None) -> Grounder:
     """A freshly initialised Grounder (seeded by config.seed) for maps with `in_channels` channels.
 
     text_dim, text_layers: the LMM's hidden size and hidden-state layers per token (needed with use_text).
+    kinds: the stacked maps' view kinds in channel order (``record_channels``).
     """
     torch.manual_seed(config.seed)
     decoder = MaskDecoder(config.unet(in_channels))
@@ -234,7 +237,7 @@ def build_grounder(config: FitConfig, in_channels: int, sam: Sam | None, text_di
         if sam is None:
             raise ValueError("config.use_refiner is set: pass the SAM whose prompt encoder and mask decoder to train.")
         refiner = SamRefiner(_own_sam(sam), config.use_text, config.use_box, config.use_mask, text_dim, text_layers)
-    return Grounder(decoder, refiner, config.maps, config.pooling)
+    return Grounder(decoder, refiner, config.maps, config.pooling, kinds)
 
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -359,8 +362,10 @@ def _shapes(store: Store, sample_id: str, config: FitConfig) -> dict[str, Any]:
     pooling = record.meta.get("pooling", config.pooling)
     if pooling != config.pooling:
         raise ValueError(f"The store was recorded with pooling {pooling!r} but config.pooling is {config.pooling!r}.")
-    shapes: dict[str, Any] = {"in_channels": int(record_channels(record, config.maps).shape[1]),
-                              "text_dim": None, "text_layers": None}
+    # Stacked channels follow the store's view kinds, so that a one-tile image stacks like a tiled one.
+    kinds = store.map_kinds() if config.maps == "stacked" else None
+    shapes: dict[str, Any] = {"in_channels": int(record_channels(record, config.maps, kinds).shape[1]),
+                              "text_dim": None, "text_layers": None, "kinds": kinds}
     if config.use_refiner and config.use_text:
         if not record.hidden:
             raise ValueError(f"The store at {store.root} holds no hidden states, needed for text prompts: "
@@ -425,7 +430,8 @@ def fit(
         cache = cache if cache is not None else EmbeddingCache(run_dir / "sam_embeddings", rank=rank)
         _fill_cache(sam, dataset, cache, phrases, rank, world, progress)
 
-    grounder = build_grounder(config, shapes["in_channels"], sam, shapes["text_dim"], shapes["text_layers"]).to(device)
+    grounder = build_grounder(config, shapes["in_channels"], sam, shapes["text_dim"], shapes["text_layers"],
+                              shapes["kinds"]).to(device)
     grounder.train()
     trainable = [p for p in grounder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
@@ -607,7 +613,8 @@ def load_grounder(path: str | Path, sam: Sam | None = None, device: str | torch.
             raise ValueError(f"The run at {weights.parent} used the SAM refiner: pass the SAM it was fitted with.")
         if _sam_shapes(sam) != spec["sam"]:
             raise ValueError(f"This SAM has shapes {_sam_shapes(sam)}, the run was fitted with {spec['sam']}.")
-    grounder = build_grounder(config, spec["in_channels"], sam, spec["text_dim"], spec["text_layers"])
+    # Runs fitted before the channel layout was saved stack each record's own kinds.
+    grounder = build_grounder(config, spec["in_channels"], sam, spec["text_dim"], spec["text_layers"], spec.get("kinds"))
     _load_trainable(grounder, weights)
     return grounder.to(device).eval()
 

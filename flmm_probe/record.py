@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,21 @@ class AttentionRecord:
         size = size or max((m.shape[-2:] for m in self.maps.values()), key=lambda s: s[0] * s[1])
         return torch.stack([_resize(m, size) for m in self.maps.values()]).mean(0)
 
-    def stacked(self, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """(phrase, kind*layer*head, y, x): every kind's maps as channels, the decoder's input (PAPER.md step 7)."""
+    def stacked(self, size: tuple[int, int] | None = None, kinds: Sequence[str] | None = None) -> torch.Tensor:
+        """(phrase, kind*layer*head, y, x): the maps of each view kind as channels, the decoder's input.
+
+        kinds: the kinds, in channel order (default: the record's own). A kind the record lacks (a one-tile
+        image has no "tiles") gets zero channels, so that records of one backbone stack to the same channels
+        whatever their images; a kind the record has but ``kinds`` leaves out is an error.
+        """
+        kinds = list(self.maps) if kinds is None else list(kinds)
+        extra = set(self.maps) - set(kinds)
+        if extra:
+            raise ValueError(f"The record has view kinds {sorted(extra)} that the channel layout {kinds} leaves out.")
         size = size or max((m.shape[-2:] for m in self.maps.values()), key=lambda s: s[0] * s[1])
-        return torch.cat([_resize(m, size).flatten(1, 2) for m in self.maps.values()], dim=1)
+        some = next(iter(self.maps.values()))  # (phrase, layer, head, y, x): every kind has the same heads
+        absent = some.new_zeros(some.shape[0], some.shape[1] * some.shape[2], *size)
+        return torch.cat([_resize(self.maps[k], size).flatten(1, 2) if k in self.maps else absent for k in kinds], dim=1)
 
     def _repr_html_(self) -> str:
         """In Jupyter, the interactive viewer of this record's maps (``flmm_probe.viewer``; no image: it is not stored)."""

@@ -408,6 +408,14 @@ class Store:
     def _tensor(self, row: dict[str, Any], name: str, dtype: torch.dtype) -> torch.Tensor:
         return self.shards.tensor(row["shard"], row[f"offset_{name}"], row[f"shape_{name}"], dtype)
 
+    def map_kinds(self) -> list[str]:
+        """The view kinds of the maps any stored record has: "global" first, then "tiles", then any other, sorted."""
+        manifest = self.manifest
+        found = {c[len("key_"):] for c in manifest.columns if c.startswith("key_")
+                 and not c[len("key_"):].startswith(_NOT_MAPS) and manifest[c].notna().any()}
+        order = ["global", "tiles"]
+        return [k for k in order if k in found] + sorted(found - set(order))
+
     def maps(self, sample_id: str, phrase_index: int) -> dict[str, torch.Tensor]:
         """Training fast path: {kind: (layer, head, y, x)} in the stored dtype, read at manifest offsets."""
         rows = self._sample_rows(sample_id)

@@ -95,3 +95,32 @@ def test_record_roundtrip(tmp_path):
     assert torch.equal(loaded.hidden[0], record.hidden[0])
     assert loaded.fused().shape == (1, 2, 3, 8, 8)
     assert loaded.stacked().shape == (1, 12, 8, 8)
+
+
+def test_stacked_channels_keep_their_layout_when_a_view_is_absent():
+    from store_child import HEADS, LAYERS, synthetic_record
+
+    tiled, single = synthetic_record(0), synthetic_record(1)  # "tiles" on even samples only
+    assert set(tiled.maps) == {"global", "tiles"} and set(single.maps) == {"global"}
+    kinds = ["global", "tiles"]
+    a, b = tiled.stacked(kinds=kinds), single.stacked(size=(12, 12), kinds=kinds)
+    assert a.shape[1] == b.shape[1] == 2 * LAYERS * HEADS
+    assert (b[:, LAYERS * HEADS:] == 0).all() and b[:, : LAYERS * HEADS].abs().sum() > 0
+    assert torch.equal(tiled.stacked(kinds=["global", "tiles"]), tiled.stacked())
+    with pytest.raises(ValueError, match="leaves out"):
+        tiled.stacked(kinds=["global"])
+
+
+def test_a_fit_stacks_the_stores_view_kinds_for_every_record(tmp_path):
+    from store_child import HEADS, LAYERS, record_job, sample_id
+
+    from flmm_probe.fit import FitConfig, build_grounder
+
+    store = record_job(tmp_path / "store", list(range(4)))
+    assert store.map_kinds() == ["global", "tiles"]
+    grounder = build_grounder(FitConfig(use_refiner=False, base_channels=8, long_side=16), 2 * LAYERS * HEADS, None,
+                              kinds=store.map_kinds())
+    for i in range(4):  # one-tile and tiled samples alike give the decoder its channels
+        record = store.read(sample_id(i))
+        coarse, refined = grounder.ground(record)
+        assert coarse.shape == (len(record.phrases), *record.image_size) and refined is None
