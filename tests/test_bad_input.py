@@ -5,6 +5,7 @@ The API rows call a public function; the CLI rows run `flmm-probe` and read its 
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from analyses.run import analyze
@@ -148,3 +149,22 @@ def test_a_store_missing_samples_is_refused_unless_partial(tmp_path):
     assert not (tmp_path / "run").exists(), "nothing is written before the refusal"
     analyze(store, dataset, tmp_path / "run", progress=False, partial=True)
     assert (tmp_path / "run" / "coverage.json").read_text() == '{"scored": 2, "in_dataset": 3}'
+
+
+def test_loading_errors_teach(tmp_path, monkeypatch):
+    from flmm_probe.backbones import ModelNotFoundError
+    from flmm_probe.decoder.refiner import load_sam
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="not in the Hugging Face cache, and HF_HUB_OFFLINE is set.*organism.*llava_next"):
+        load_backbone("nobody/no-such-model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="folder without config.json"):
+        load_backbone(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="sam_vit_l_0b3195.pth"):
+        load_sam("vit_l", tmp_path / "missing.pth")
+    torch.save({"something": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="is not a SAM checkpoint"):
+        load_sam(tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="Unknown SAM 'vit_q'"):
+        load_sam("vit_q")

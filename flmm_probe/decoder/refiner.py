@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 _KIND_BY_WIDTH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 
 
+# The checkpoint files segment-anything publishes, by kind.
+OFFICIAL_CHECKPOINTS = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
+
+
 def load_sam(kind_or_path: str | Path, checkpoint: str | Path | None = None) -> Sam:
     """Build an official SAM ("vit_b", "vit_l", "vit_h") with segment_anything's builders and load its weights.
 
@@ -41,11 +45,17 @@ def load_sam(kind_or_path: str | Path, checkpoint: str | Path | None = None) -> 
     Checkpoints are read with `torch.load(weights_only=True)` (or safetensors), never unpickled freely.
     Returns the Sam in eval mode on the CPU.
     """
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"SAM checkpoint {checkpoint} does not exist: pass the path of an official checkpoint "
+                                f"({', '.join(OFFICIAL_CHECKPOINTS.values())}).")
     if str(kind_or_path) in sam_model_registry:
         kind = str(kind_or_path)
         state = _read_state_dict(checkpoint) if checkpoint is not None else None
     elif Path(kind_or_path).is_file():
         state = _read_state_dict(kind_or_path)
+        if "image_encoder.patch_embed.proj.weight" not in state:
+            raise ValueError(f"{kind_or_path} is not a SAM checkpoint (no image_encoder.patch_embed.proj.weight): pass an "
+                             f"official one ({', '.join(OFFICIAL_CHECKPOINTS.values())}) or a kind: {sorted(sam_model_registry)}.")
         width = state["image_encoder.patch_embed.proj.weight"].shape[0]
         if width not in _KIND_BY_WIDTH:
             raise ValueError(f"{kind_or_path}: image encoder width {width} is not an official SAM (768, 1024, 1280).")
