@@ -98,7 +98,7 @@ def generate(backbone: Backbone, image: ImageLike, question: str, max_new_tokens
 def _answer_tokens(backbone: Backbone, text: str) -> list[int]:
     """The ids the answer ``text`` gets when it is tokenized after the prompt, as ``Backbone.record`` reads it."""
     tokenizer = backbone.processor.tokenizer
-    prompt = backbone.prompt()
+    prompt = backbone.answer_prompt()
     whole = tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
     alone = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     return whole[len(alone):] if whole[: len(alone)] == alone else whole

@@ -79,3 +79,26 @@ def test_a_loaded_backbone_is_frozen():
     assert any(p.requires_grad for p in model.parameters())
     backbone = load_backbone(model, processor)
     assert not any(p.requires_grad for p in backbone.model.parameters()) and not backbone.model.training
+
+
+REAL_TEXT = "A boy's 2 dogs and the well-known cat  sat naïve"
+REAL_PHRASES = ["A boy's", "2 dogs", "well-known cat", "cat", "naïve", " sat "]
+
+
+def test_real_tokenizer_pipeline_lands_phrases_on_the_tokens_the_model_writes():
+    model, processor = tiny_llava(real_tokenizer=True)
+    backbone = load_backbone(model, processor)
+    assert backbone.prompt().endswith("ASSISTANT:") and backbone.answer_prompt().endswith("ASSISTANT: ")
+    tokenizer = processor.tokenizer
+    prep = backbone.prepare([image(40, 60, seed=1)], [REAL_TEXT], [REAL_PHRASES[:3] + REAL_PHRASES[4:]])
+    ids = prep.inputs["input_ids"][0].tolist()
+    # The answer's tokens are those the model writes after the generation prompt: the text tokenized alone.
+    alone = tokenizer(REAL_TEXT, add_special_tokens=False)["input_ids"]
+    assert ids[-len(alone):] == alone and tokenizer.convert_ids_to_tokens(alone[:1]) == ["\u2581A"]
+    pieces = [tokenizer.convert_ids_to_tokens([ids[t] for t in tokens]) for tokens in prep.tokens[0]]
+    assert pieces[0] == ["\u2581A", "\u2581boy's"]
+    assert pieces[1] == ["\u25812", "\u2581dog", "s"]
+    assert "".join(pieces[2]).replace("\u2581", " ").strip() == "well-known cat"
+    assert pieces[3] == ["n", "a", "<0xC3>", "<0xAF>", "ve"], "both byte pieces of an unseen 'ï' are the phrase's"
+    assert "".join(pieces[4]).replace("\u2581", "") == "sat", "surrounding spaces are not the phrase's"
+    check_backbone_against_eager(backbone, [(image(40, 60, seed=1), REAL_TEXT, REAL_PHRASES[:3])])

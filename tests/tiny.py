@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import string
 
 import numpy as np
@@ -55,10 +56,48 @@ def image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def tiny_llava(image_size: int = 32, patch: int = 8, layers: int = 3, pad: bool = False):
-    """(model, processor): LLaVA-1.5 with a 2-layer CLIP tower and a GQA Llama, random weights."""
+# LLaVA-1.5's own chat template (llava-hf/llava-1.5-7b-hf): its generation prompt ends with "ASSISTANT:", no space.
+LLAVA15_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def llama_tokenizer() -> PreTrainedTokenizerFast:
+    """A tokenizer with Llama's pipeline: SentencePiece-style metaspace (a space is "\u2581", one is prepended to
+    the first word, pieces never cross a word start), a BPE trained here on a small corpus, byte fallback
+    (<0x00>..<0xFF>) for characters it never saw, and <s> prepended."""
+    from tokenizers import decoders, trainers
+
+    corpus = [" ".join(WORDS), "USER: ASSISTANT: A boy's 2 dogs, the well-known cat sat; naive cafe. 12 34 56",
+              "What is in the image? Please give me a description of the image. A red circle left of the blue square"]
+    special = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    metaspace = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    trainer = Tokenizer(models.BPE(unk_token="<unk>"))
+    trainer.pre_tokenizer = metaspace
+    trainer.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=special))
+    learned = json.loads(trainer.to_str())["model"]
+    vocab = dict(learned["vocab"])
+    for byte in range(256):  # Llama's byte pieces, after the learned ones
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = metaspace
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens(special)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", additional_special_tokens=["<image>"])
+
+
+def tiny_llava(image_size: int = 32, patch: int = 8, layers: int = 3, pad: bool = False, real_tokenizer: bool = False):
+    """(model, processor): LLaVA-1.5 with a 2-layer CLIP tower and a GQA Llama, random weights. ``real_tokenizer``:
+    Llama's tokenizer pipeline (``llama_tokenizer``) and LLaVA-1.5's chat template instead of word-level ones."""
     torch.manual_seed(0)
-    tokenizer = make_tokenizer(["<image>"])
+    tokenizer = llama_tokenizer() if real_tokenizer else make_tokenizer(["<image>"])
     vision = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=image_size, patch_size=patch
     )
@@ -79,6 +118,6 @@ def tiny_llava(image_size: int = 32, patch: int = 8, layers: int = 3, pad: bool 
         image_processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=image_size)
     processor = LlavaProcessor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=patch, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=SIMPLE_TEMPLATE,
+        num_additional_image_tokens=1, chat_template=LLAVA15_TEMPLATE if real_tokenizer else SIMPLE_TEMPLATE,
     )
     return model, processor

@@ -113,6 +113,16 @@ class Backbone:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.instruction}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
+    def answer_prompt(self) -> str:
+        """The prompt the text is appended to: ``prompt()``, plus a space where it ends without whitespace.
+
+        A generation prompt such as LLaVA-1.5's "ASSISTANT:" ends without a space, and the model writes its
+        answer's first word with the space in front ("▁A" in SentencePiece vocabularies); joined
+        without one ("ASSISTANT:A boy") the first word would become another token than the model writes.
+        """
+        prompt = self.prompt()
+        return prompt if not prompt or prompt[-1].isspace() else prompt + " "
+
     def model_inputs(self, inputs: BatchFeature) -> dict[str, Any]:
         """The keyword arguments of the model's forward, from the processor's output."""
         return {k: v for k, v in inputs.items() if k != "offset_mapping"}
@@ -131,7 +141,7 @@ class Backbone:
         pil = [load_image(image) for image in images]
         texts = [self._check_text(text) for text in texts]
         spans = [resolve_spans(text, p) for text, p in zip(texts, phrases)]
-        prompt = self.prompt()
+        prompt = self.answer_prompt()
         # One image per sample, nested: some processors (Gemma 3) read a flat list as one sample's images.
         inputs = self.processor(
             images=[[image] for image in pil],
