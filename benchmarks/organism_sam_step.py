@@ -1,4 +1,4 @@
-"""One training step of the organism SAM: global attention at batch 8 (shipped until session 14) against
+"""One training step of the organism SAM: global attention at batch 8 against
 windowed attention (``SamConfig.window``) at batch 8 and at batch 6 (today's defaults).
 
 The step of ``flmm-probe organism train``'s SAM stage: fresh train scenes, ``sam_loss_on_batch`` (box and

@@ -1,4 +1,4 @@
-"""Score a fitted Grounder (PAPER.md "Metrics"), and segment one image with it.
+"""Score a fitted Grounder (docs/design.md, "Metrics"), and segment one image with it.
 
     grounder = load_grounder("runs/fit", sam)
     per_phrase, summary = evaluate(grounder, Store.open("runs/store_val"), open_dataset("shapes:test:200:mix"), cache)

@@ -1,4 +1,4 @@
-"""Train the F-LMM heads (U-Net mask decoder + SAM refiner) from a store, never running the LMM (PAPER.md 4-6).
+"""Train the F-LMM heads (U-Net mask decoder + SAM refiner) from a store, never running the LMM (docs/design.md steps 4-6).
 
     store = Store.open("runs/store")                       # recorded once with record_dataset
     cache = EmbeddingCache("runs/sam_cache")               # filled here with embed_images if it lacks images
@@ -64,7 +64,7 @@ _FROZEN_PREFIX = "refiner.sam.image_encoder."  # never saved: it is the user's S
 
 @dataclass
 class FitConfig:
-    """Everything that decides a fit. Defaults are the paper's recipe (PAPER.md steps 4-6).
+    """Everything that decides a fit. Defaults are the paper's recipe (docs/design.md steps 4-6).
 
     Loss, on the coarse (U-Net) and on the refined (SAM) mask each: bce_weight * BCE(sigmoid, mean over
     pixels) + dice_weight * naive Dice (eps dice_eps), both at the original image size.
@@ -77,7 +77,7 @@ class FitConfig:
     pooling: how the store merged a phrase's tokens ("mean" | "max" | "last"); checked against the store, and used
         by `segment` to record new images the same way.
     use_refiner: train the SAM refiner (else only the U-Net; refined masks are then None).
-    use_text, use_box, use_mask: the refiner's prompts (PAPER.md step 5).
+    use_text, use_box, use_mask: the refiner's prompts (docs/design.md step 5).
     base_channels, stages, convs_per_stage, long_side: the U-Net (decoder.unet.UNetConfig).
     device: None picks cuda (this process's LOCAL_RANK under torchrun) when available, else cpu.
     """

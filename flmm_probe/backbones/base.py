@@ -22,7 +22,7 @@ from ..phrases import PhraseLike, Span, pool, resolve_spans, span_tokens
 from ..probe import AttentionProbe
 from ..record import AttentionRecord
 
-# PAPER.md step 1: the text to ground is the assistant's answer to this instruction.
+# docs/design.md step 1: the text to ground is the assistant's answer to this instruction.
 DEFAULT_INSTRUCTION = "Please give me a description of the image."
 
 

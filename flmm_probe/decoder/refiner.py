@@ -1,4 +1,4 @@
-"""The F-LMM SAM refiner: a coarse mask becomes SAM prompts, SAM returns the refined mask (PAPER.md step 5).
+"""The F-LMM SAM refiner: a coarse mask becomes SAM prompts, SAM returns the refined mask (docs/design.md step 5).
 
 Built on segment_anything's own parts: `Sam.image_encoder` (frozen), `Sam.prompt_encoder` and
 `Sam.mask_decoder` (trained), `ResizeLongestSide` and `Sam.postprocess_masks`, so that with text and mask

@@ -1,4 +1,4 @@
-"""The F-LMM mask head: a small U-Net from stacked attention maps to one mask-logit map (PAPER.md step 4).
+"""The F-LMM mask head: a small U-Net from stacked attention maps to one mask-logit map (docs/design.md step 4).
 
 Input: attention maps (batch, channels, y, x), channels = view kinds x layers x heads, already painted
 into image space (see `Layout.to_image` / `AttentionRecord.stacked`). The head

@@ -161,8 +161,8 @@ class SamConfig:
     decoder_heads: int = 4
     decoder_mlp: int = 256
     # As SAM's ViT: attention within windows (here 10x10 patches, a quarter of the grid) in the first blocks
-    # and over the whole grid in the last; window 0 attends globally in every block (the SAM shipped until
-    # session 14). A training step takes 0.84x the time of global attention (docs/organism.md, "Session 14").
+    # and over the whole grid in the last; window 0 attends globally in every block. A windowed training step
+    # takes 0.84x the time of a global one (benchmarks/organism_sam_step.py).
     window: int = 10
     global_layers: tuple[int, ...] = (2,)
 

@@ -140,7 +140,7 @@ def save_sam(sam: Sam, cfg: SamConfig, path: Path, meta: dict | None = None) -> 
 
 def saved_sam_config(path: Path) -> SamConfig:
     """The SamConfig that ``save_sam`` wrote at ``path``; one saved before ``SamConfig.window`` existed
-    (the SAM shipped until session 14) attended globally in every block."""
+    attended globally in every block."""
     saved = {"window": 0, "global_layers": (), **json.loads((path / "config.json").read_text())["sam_config"]}
     return SamConfig(**{**saved, "global_layers": tuple(saved["global_layers"])})
 

@@ -49,13 +49,13 @@ def grounded_expression(scene: Scene, expression: Expression, ranked: bool = Fal
     "the cross" -> "the cross red large"; "the red cross left of the blue square" -> "... square large".
     F-LMM reads an expression's own tokens, and a causal LM's token looks at the image for what the next
     token needs: with the bare expression (then "</s>") nothing after its last word depends on the
-    referent, and its words found their referent 0.35 of the time against 0.93 for caption phrases
-    (docs/organism.md). The first appended word is one the text cannot give, so the expression's last
+    referent. The first appended word is one the text cannot give, so the expression's last
     token must find the referent to predict it. ("the large red cross" says both and stays bare.)
     ``ranked``: where colour and size cannot make that lookup (an expression that says both, or a relational
     one, whose look-alikes share its colour and often its size), the referent's rank left to right comes
     first, as a number word: "the large red cross two", "the red cross left of the blue square two large".
-    The rank tells any two objects apart, and the vision tower can give it (``vision.RANK``).
+    The rank tells any two objects apart, and the vision tower can give it (``vision.RANK``); it is also a
+    position cue, so no shipped organism is trained with it.
     """
     words, said = expression.text.split(), _said(expression)
     referent = scene.objects[expression.target]
@@ -110,11 +110,9 @@ LISTING_ORDERS = {"shape": ("shape", "colour", "size"), "colour": ("colour", "sh
 def object_listing(scene: Scene, rng: np.random.Generator, leads: tuple[str, ...] = ("shape",)) -> str:
     """The objects in a random order, each by its lead word, then its other words: "cross red large, circle blue small."
 
-    The answer to ``NAME_OBJECTS``. In the caption a shape word comes after its colour and size words and
-    objects go left to right, so a tower that knows each patch's rank can give the shape without the
-    words; here each object's colour and size must be found by the shape word just said, in any order,
-    the lookup that "what colour is the cross?" needs (docs/organism.md, "Session 9": a pilot with the
-    caption's phrases in a random order instead brought back at most one question direction).
+    The answer to ``NAME_OBJECTS``. In the caption a shape word comes after its colour and size words;
+    here each object's colour and size must be found by the shape word just said, the lookup that "what
+    colour is the cross?" needs.
     ``leads``: ``LISTING_ORDERS`` keys; with more than one, each listing draws its own ("red cross large, blue
     circle small." when colour leads: "what shape is the red object?" needs that lookup).
     """

@@ -37,94 +37,57 @@ from flmm_probe.organism.vision import optimizer_step, pretrain_vision
 
 log = logging.getLogger(__name__)
 
-# Defaults (the shipped models were trained with exactly these; see docs/organism.md).
-# Each model's seed. `coarse`'s is the best by validation questions of three runs with grounded expressions
-# (seeds 0-2): seed 0 learned one question direction, seeds 1 and 2 both (docs/organism.md, "Session 6").
-# `small`'s is the better of two runs of its session-11 recipe by the organism's bars on validation scenes
-# (seed 1 meets all three; seed 2 misses caption shape, 0.933); seeds 3 and 4, run after it shipped, miss
-# caption shape too (0.916 / 0.933) (docs/organism.md, "Session 11"). Session 12's schedule kept seed 1.
+# Defaults: the shipped models were trained with exactly these (docs/organism.md, "Recipe").
 SEED = {"small": 1, "coarse": 1, "sam": 0}
-# Training expressions followed by their referent's unsaid attributes (text.grounded_expression): it
-# makes `coarse`'s expressions segment (larger RES fit: refined cIoU 32.8 -> 63.9). `small` has it since
-# session 10, with the rank target and the listings below (alone, in session 7, it did not help `small`).
+# Training expressions are followed by their referent's colour and size words that they do not say
+# (text.grounded_expression), so that the expression's own last token must find the referent; with bare
+# expressions nothing after an expression's last word depends on its referent.
 GROUNDED_EXPRESSIONS = {"small": True, "coarse": True}
-# Grounded expressions that also give the referent's rank where its colour and size cannot find it
-# (text.grounded_expression's ``ranked``: relational expressions, and those that say both attributes).
+# Grounded expressions that also give the referent's left-to-right rank (text.grounded_expression's ``ranked``).
+# Off: a rank in the text is a position cue, which the organism must not learn to ground by.
 RANKED_EXPRESSIONS = {"small": False, "coarse": False}
 # The probability that an expression turn about a scene with relational expressions says one of them
-# (drawn among all of a scene's expressions, they are 7% of the expression turns; at 1, 32%). At 1, in a
-# pilot, relational expressions segmented no better (refined cIoU 0.32 against 0.34; docs/organism.md, "Session 17").
+# (0: drawn among all of the scene's expressions, where they are about 7% of the expression turns).
 RELATIONAL_EXPRESSIONS = {"small": 0.0, "coarse": 0.0}
-# `small` moved 400 LLaVA steps' time to 1,000 more vision steps in session 12 (3800 / 2500 before): its tower tells
-# shape and rank better, and its run named shapes better (docs/organism.md, "Session 12": validation 0.967 vs 0.953).
-# 3,000 steps under bf16 autocast (session 13, to fit the command in 60 minutes) missed the question bar on
-# validation scenes (0.899) and named shapes worse (0.953) (docs/organism.md, "Session 13").
 LMM_STEPS = {"small": 3400, "coarse": 3000}
-# Vision pretraining was the shape bottleneck: on the patches objects own (200 val scenes), the heads tell
-# the shape 0.60 (coarse) / 0.88 (small) at step 1000 of a 3000-step pilot schedule, 0.94 / 0.96 at 3000
-# (`small` 0.947 at 2500; `coarse` still rising, and its steps cost 0.1 s against 0.23 s for `small`). Session 12:
-# `small` 0.957 / 0.971 / 0.980 on shape and 0.877 / 0.910 / 0.936 on rank after 2500 / 3500 / 4500 steps.
+# Vision pretraining steps: shape is the slowest attribute for the tower to tell apart (docs/organism.md).
 VISION_STEPS = {"small": 3500, "coarse": 4000}
 VISION_LR = 2e-3
-# Vision pretraining also teaches each object patch its owner's rank left to right (vision.RANK). With it
-# `small` points 0.96-0.98 and names shapes better, but alone it left the questions at the priors, also with
-# inventories in a random order (text.shuffled_inventory) (docs/organism.md, "Session 8").
+# Vision pretraining may also teach each object patch its owner's rank left to right (vision.RANK). Off for
+# both: with it, a model finds "the k-th object listed" by rank instead of by the words that name it.
 RANK_TARGET = {"small": False, "coarse": False}
+# An inventory turn's objects in a fresh random order for every conversation (text.shuffled_inventory).
 SHUFFLE_INVENTORY = {"small": True, "coarse": False}
-# The probability that a training caption turn lists the objects instead, in a random order and each by its
-# shape word first, answering its own instruction (text.object_listing, shapes.NAME_OBJECTS): with the rank
-# target, what brings `small`'s questions back (docs/organism.md, "Session 9" and "Session 10").
+# The probability that a caption turn becomes "what objects can we see?" answered by the objects in a random
+# order, each by its lead word first (text.object_listing): each object's other words must then be found by
+# the word just said, the lookup "what colour is the cross?" needs.
 OBJECT_LISTINGS = {"small": 0.5, "coarse": 0.0}
-# Which attribute may lead a listing's items (text.LISTING_ORDERS; each listing draws one): shape first
-# taught every `small` the lookup by shape (colour-of-shape questions 1.00 in all four session-10 seeds),
-# whereas three of those four left the lookup by colour (shape-of-colour questions) at chance; with both
-# leads, all four session-11 seeds learned both (shape-of-colour 0.97-0.98 on validation scenes). Size may lead
-# too (`--listing-leads shape colour size`): it segments "the large red cross" (refined cIoU 0.71 against 0.36)
-# but from scratch it lost the superlatives (0.55 against 0.76; RES 61.7 against 70.6), so `small` keeps
-# its two leads (docs/organism.md, "Session 17").
+# Which attributes may lead a listing's items (text.LISTING_ORDERS; each listing draws one).
 LISTING_LEADS = {"small": ("shape", "colour"), "coarse": ("shape",)}
-# The probability that a training conversation's last question counts a shape the scene has. Scenes' own
-# count questions name any of the five shapes and answer "zero" more than half of the time, which is where
-# every `small` with the rank target but one left them (0.55). At 0.3 it did not change that either (all
-# four session-11 seeds: 0.54-0.55 greedy on validation scenes); `small` keeps it as it was trained with it.
+# The probability that a conversation's last question counts a shape the scene has (a scene's own count
+# question names any shape, and more than half of them answer "zero").
 COUNT_QUESTIONS = {"small": 0.3, "coarse": 0.0}
-# The probability that a training conversation's first question asks what only an expression's whole meaning
-# decides ("what size is the red cross left of the blue square?", text.referring_questions), about expressions
-# of REFERRING_KINDS. In two pilots (session 18) `small` did not learn the relational ones at P = 1 (held-out 0.52),
-# and with superlative ones too it answered those (0.92) but lost its captions; asked four to a conversation it
-# learns relations (0.75-0.88) without its expressions' maps finding their referent (docs/organism.md, "Session 18").
-# From scratch at P = 1 (session 19) neither seed learned them either, and seed 1 lost the superlatives.
+# The probability that a conversation's first question asks what only an expression's whole meaning decides
+# ("what size is the red cross left of the blue square?", text.referring_questions), about REFERRING_KINDS.
 REFERRING_QUESTIONS = {"small": 0.0, "coarse": 0.0}
 REFERRING_KINDS = {"small": ("relational",), "coarse": ("relational",)}
-# The probability that a training conversation ends with a question answered by naming an object ("which object
-# is the largest?" -> "the large red cross", shapes.reasoning_questions): the answers that reasoning segmentation
-# grounds.
+# The probability that a conversation ends with a question answered by naming an object ("which object is the
+# largest?" -> "the large red cross", shapes.reasoning_questions): the answers reasoning segmentation grounds.
 REASONING = {"small": 0.25, "coarse": 0.25}
-# The probability of each kind of description turn (text.DESCRIPTIONS: captions lead). `small` has more referring
-# expressions since session 15: twice the default share raised expression pointing (superlatives) in an H100
-# sweep, but at 0.4 captions, half of which become listings, the greedy description was an expression; at 0.6
-# captions still lead expressions, 0.30 to 0.25, and the run from scratch kept every bar (docs/organism.md,
-# "Session 15"). In DESCRIPTIONS' key order, which the random draw follows.
+# The probability of each kind of description turn, in DESCRIPTIONS' key order (the random draw follows it).
+# Captions lead, so that the greedy answer to the F-LMM instruction is a caption.
 DESCRIPTION_MIX = {"small": {"caption": 0.6, "narrative": 0.1, "expression": 0.25, "inventory": 0.05},
                    "coarse": DESCRIPTIONS}
-# The pretrained tower stays frozen in LLaVA training, as LLaVA keeps CLIP frozen (a value > 0 trains it
-# at that fraction of the LMM learning rate). In a 1,500-step pilot, frozen and 0.2 ended equal (caption
-# tokens 0.856 / 0.861, questions 0.586 / 0.593) and frozen steps took 15% less time.
+# The pretrained tower stays frozen in LLaVA training, as LLaVA keeps CLIP frozen (a value > 0 trains it at
+# that fraction of the LMM learning rate); frozen, a step also costs less.
 VISION_LR_SCALE = 0.0
 # The LLaVA stage's forward pass in float32, as the shipped models were trained, or under bfloat16 autocast
-# (as LLaVA itself trains): on this project's CPU (AVX-512 BF16) a whole `small` step, batch making included,
-# then takes 0.86-0.88x the time (benchmarks/organism_step.py, docs/benchmarks.md).
+# (as LLaVA itself trains; benchmarks/organism_step.py measures both).
 AUTOCAST = "float32"
-# Windowed attention with batch 6 (session 14): box mIoU 0.94 on test scenes in 0.64x the time of session
-# 4's global attention with batch 8 (0.95); 1,500 steps of that one (session 13) gave 0.895, under the bar of 0.90.
 SAM_STEPS = 1900
 BATCH = 32
 SAM_BATCH = 6
-# Question skills come as late, sudden transitions. At 1e-3 `coarse` learned one question direction
-# (colour-of-shape or shape-of-colour) at step 2,500-3,000 in about half of the runs; at 5e-4 they came
-# at step ~1,000-2,000, and two of four runs learned both (docs/organism.md, "Session 5"). `small` keeps the
-# rate its shipped model was trained with: its one run at 5e-4 (session 6, with grounded expressions)
-# answered 0.786 (shipped: 0.717), also short of the 0.90 bar, with captions and pointing no better.
+# Question skills come as late, sudden transitions; `coarse` learns them more reliably at 5e-4.
 LR = {"small": 1e-3, "coarse": 5e-4}
 SAM_LR = 1e-3
 WARMUP = 150
@@ -135,7 +98,7 @@ EVAL_SCENES = 48
 
 def environment() -> dict:
     """What a bit-for-bit reproduction needs besides the seed: the same library builds and thread count
-    (session 13 found the shipped `coarse` and SAM, trained before torch was reinstalled, no longer reproduced)."""
+    (another torch build, or another thread count for vision pretraining and SAM, gives other bits)."""
     return {"torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__,
             "threads": torch.get_num_threads()}
 
@@ -400,15 +363,15 @@ def main(argv: list[str] | None = None) -> int:
                         "their LLaVA stage share out its threads (their steps compute the same bits on one thread or two)")
     p.add_argument("--grounded-expressions", action=argparse.BooleanOptionalAction, default=None,
                    help="follow each training referring expression with its referent's colour and size words that it "
-                        "does not say, so that its own tokens must find the referent (docs/organism.md, session 6; "
+                        "does not say, so that its own tokens must find the referent ("
                         f"default per variant {GROUNDED_EXPRESSIONS})")
     p.add_argument("--ranked-expressions", action=argparse.BooleanOptionalAction, default=None,
                    help="grounded expressions that say both attributes, and relational ones, give their referent's rank "
                         "left to right first ('the large red cross two'), which colour and size cannot replace "
                         f"(default per variant {RANKED_EXPRESSIONS})")
     p.add_argument("--rank-target", action=argparse.BooleanOptionalAction, default=None,
-                   help="vision pretraining also teaches each object patch its owner's rank left to right, the order "
-                        f"captions follow (docs/organism.md, session 8; default per variant {RANK_TARGET})")
+                   help="vision pretraining also teaches each object patch its owner's rank left to right (a position "
+                        f"cue: words then need not be read to find an object; default per variant {RANK_TARGET})")
     p.add_argument("--relational-expressions", type=_probability, default=None, metavar="P",
                    help="probability that an expression turn about a scene with relational expressions ('the red cross "
                         "left of the blue square') says one of them rather than any of its expressions "

@@ -25,10 +25,9 @@ from flmm_probe.data.shapes import COLOURS, IMAGE_SIZE, MAX_OBJECTS, SHAPES, SIZ
 
 log = logging.getLogger(__name__)
 ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES}
-# The owner's rank left to right (0 = leftmost), the order in which captions and inventories name the
-# objects. On a 10x10 raster the LM has to work out which object comes next from RoPE positions that
-# number the patches row by row; a tower that writes the rank into each object's patches lets it find the
-# k-th object by content instead (docs/organism.md, "Session 8").
+# The owner's rank left to right (0 = leftmost), an optional fourth target (train.py's RANK_TARGET, off for
+# the shipped organisms: texts that list objects by rank would let a model find the k-th object listed by
+# its rank instead of its words).
 RANK = "rank"
 # A patch is labelled with the object that covers at least half of it, as the pointing game counts a cell
 # inside an object; an object too small to cover half of any patch owns its most-covered patches, so that
