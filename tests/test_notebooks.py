@@ -10,8 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-def test_both_notebooks_exist():
-    assert {p.name for p in NOTEBOOKS} == {"quickstart.ipynb", "compare_backbones.ipynb"}
+def test_the_notebooks_exist():
+    assert {p.name for p in NOTEBOOKS} == {"quickstart.ipynb", "compare_backbones.ipynb", "grounded_apps.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
