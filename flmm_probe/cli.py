@@ -15,6 +15,7 @@ Commands:
   reason             reasoning segmentation on the shapes world (gIoU, cIoU)
   view               one self-contained interactive HTML page of a record or store sample
   figures            render the figures of a run folder (PDF + PNG)
+  report             a demo run folder's results page (Markdown), e.g. flmm-probe report runs/demo > docs/results.md
   organism train     retrain the embedded default models from a seed
   organism evaluate  score them: captions, questions, pointing per layer, SAM box mIoU
 
@@ -290,6 +291,12 @@ def _view(args: argparse.Namespace) -> int:
     Path(args.out).write_text(view.page())
     print(f"view -> {args.out}")
     return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import main as report_main
+
+    return report_main(args.rest)
 
 
 def _figures(args: argparse.Namespace) -> int:
@@ -568,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--image", help="record file: the image it was recorded on")
     view.add_argument("--kind", default="fused", help="view kind to show (global, tiles, ...) or fused (all averaged)")
     view.set_defaults(handler=_view)
+
+    report = commands.add_parser("report", help="a demo run folder's results as Markdown (see its --help)", add_help=False)
+    report.set_defaults(handler=_report, passthrough=True)
 
     figures = commands.add_parser("figures", help="render every figure a run folder allows (see its --help)", add_help=False)
     figures.set_defaults(handler=_figures, passthrough=True)

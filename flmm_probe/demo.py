@@ -10,7 +10,9 @@ shapes world + organism LLaVA:
   4. fit the U-Net decoder and the SAM refiner on the train store, evaluate RES and PNG metrics on the
      test store;
   5. grounding vs training step over the organism's shipped checkpoints;
-  6. segment one scene, and render every figure.
+  6. segment one scene, and render every figure;
+  7. the LMM's own descriptions and answers to reasoning questions, grounded (GCG, reasoning segmentation);
+  8. results.md, the run's results page (``flmm_probe.report``).
 Every stage reads what the stage before wrote; rerunning resumes the recordings and the fit.
 """
 
@@ -21,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from segment_anything import SamPredictor
 
 from analyses.counterfactual import run as run_counterfactual
-from analyses.counterfactual import summary_line
-from analyses.emergence import baseline_table, layer_curve
 from analyses.run import analyze, load
 from analyses.score import ScoredSample
 from analyses.training_steps import training_steps_frame
@@ -35,11 +36,14 @@ from figures.render import render_all
 
 from .backbones import Backbone, load_backbone
 from .data.samples import GroundingDataset
+from .data.shapes import ShapesDataset
 from .data.sources import ShapesGrounding
-from .evaluate import evaluate, format_table, overlay, segment
+from .evaluate import evaluate, overlay, segment
 from .fit import FitConfig, Grounder, fit, load_grounder
+from .grounded_tasks import evaluate_gcg, evaluate_reasoning
 from .organism import load_organism, load_organism_sam
 from .recording import record_dataset
+from .report import results_markdown
 from .store import Store
 
 TRAINING_FREE_HEADS = 3
@@ -50,6 +54,10 @@ def run_demo(
 ) -> str:
     """Run every stage into `out`; returns the text report that `flmm-probe demo` prints."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"variant": variant, "scenes": num_scenes, "train_scenes": train_scenes, "epochs": epochs,
+                "threads": torch.get_num_threads(), "torch": torch.__version__}
+    (out / "run.json").write_text(json.dumps(settings, indent=1))
     backbone = load_backbone(*load_organism(variant))
     sam = load_organism_sam()
     train, test = ShapesGrounding("train", train_scenes, "mix"), ShapesGrounding("test", num_scenes, "mix")
@@ -85,7 +93,17 @@ def run_demo(
     scene = next(s for s in test if s.attributes["task"] == "png")
     masks, _, _ = segment(backbone, grounder, scene.image(), scene.text, scene.spans)
     overlay(scene.image(), masks, [p.text for p in scene.phrases]).save(out / "segment_overlay.png")
-    return _report(out, tables, training_free, heads, summary, len(figures), scene.text)
+
+    # The LMM's own answers, grounded: descriptions (GCG) and reasoning questions, on the held-out scenes.
+    scenes = list(ShapesDataset("test", num_scenes))
+    for name, task in (("gcg", evaluate_gcg), ("reason", evaluate_reasoning)):
+        rows, scores = task(backbone, grounder, scenes, progress=False)
+        rows.to_parquet(out / f"{name}.parquet")
+        (out / f"{name}.json").write_text(json.dumps(scores, indent=1, default=float))
+    results = results_markdown(out)
+    (out / "results.md").write_text(results)
+    return (f"{results}\nSegmented {scene.text!r} -> {out / 'segment_overlay.png'}\n"
+            f"{len(figures)} figure files in {out / 'analysis' / 'figures'}; tables, metrics and results.md in {out}")
 
 
 def _record(backbone: Backbone, dataset: GroundingDataset, root: Path, variant: str) -> Store:
@@ -125,35 +143,3 @@ def _figure_inputs(
         sample=sample.sample_id,
         phrase=sample.record.phrases[0],
     )
-
-
-def _report(
-    out: Path, tables: dict, training_free: pd.DataFrame, heads: list, summary: dict, n_figures: int, text: str
-) -> str:
-    scores = tables["scores"]
-    best = layer_curve(scores, "pointing", head="best", n_boot=200)
-    mean = layer_curve(scores, "pointing", head="mean", n_boot=200)
-    base = baseline_table(tables["baselines"], "pointing", n_boot=200).set_index("baseline")
-    top = tables["head_table"].iloc[0]
-    lines = [
-        f"Where grounding lives: pointing game on {scores['sample'].nunique()} held-out samples "
-        f"({int(best['n'].iloc[0])} phrases), 95% CI",
-        "  layer  best head            head-averaged map",
-    ]
-    for (_, b), (_, m) in zip(best.iterrows(), mean.iterrows()):
-        lines.append(
-            f"  {int(b['layer']):>5}  H{int(b['head']):<2} {b['estimate']:.2f} [{b['low']:.2f}, {b['high']:.2f}]"
-            f"   {m['estimate']:.2f} [{m['low']:.2f}, {m['high']:.2f}]"
-        )
-    lines.append(f"  baselines: uniform map {base.loc['uniform', 'estimate']:.2f}, centre prior {base.loc['centre', 'estimate']:.2f}")
-    lines.append(f"  best head overall: layer {int(top['layer'])} head {int(top['head'])} ({top['estimate']:.2f})")
-    # The same head, on the test captions recorded with their phrases in another order: words, or list position?
-    lines.append("  " + summary_line(tables["counterfactual_table"], tables["counterfactual"],
-                                     head=(int(top["layer"]), int(top["head"]))))
-    lines += ["", f"Attention alone (top {len(heads)} heads, chosen on the train split: {heads}), referring expressions:"]
-    for _, row in training_free.iterrows():
-        lines.append(f"  {row['method']:<14} cIoU {100 * row['cIoU']:5.1f}  gIoU {100 * row['gIoU']:5.1f}")
-    lines += ["", "Fitted decoder (coarse U-Net, refined by SAM), held-out split:", format_table(summary), ""]
-    lines.append(f"Segmented {text!r} -> {out / 'segment_overlay.png'}")
-    lines.append(f"{n_figures} figure files in {out / 'analysis' / 'figures'}; tables and metrics in {out}")
-    return "\n".join(lines)

@@ -107,10 +107,10 @@ def ap50(scenes: Sequence[Scene], answers: Sequence[GroundedAnswer]) -> float:
             predictions.append({"image_id": k, "category_id": 1, "segmentation": rle, "score": p.score})
     if not predictions:
         return 0.0
-    gt = COCO()
-    gt.dataset = {"images": images, "annotations": truth, "categories": [{"id": 1, "name": "object"}]}
-    gt.createIndex()
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": truth, "categories": [{"id": 1, "name": "object"}]}
+        gt.createIndex()
         evaluation = COCOeval(gt, gt.loadRes(predictions), "segm")
         evaluation.params.iouThrs = np.array([IOU_THRESHOLD])
         evaluation.evaluate()
