@@ -93,7 +93,10 @@ def _applications(run: Path) -> list[str]:
     for name, prefix in (("fitted decoder + refiner", ""), ("a random object", "random_object/"), ("centre prior", "centre_prior/")):
         lines.append(f"| {name} | {100 * gcg[prefix + 'recall']:.1f} | {100 * gcg[prefix + 'miou']:.1f} | "
                      f"{100 * gcg[prefix + 'ap50']:.1f} | {100 * reason[prefix + 'giou']:.1f} | {100 * reason[prefix + 'ciou']:.1f} |")
-    lines += ["", f"The descriptions name each object's size / colour / shape {gcg['caption_size']:.3f} / "
+    lines += ["", "GLaMM's mIoU and AP50 pair predicted masks with objects whatever the phrase says, so a random object's "
+                  "exact mask scores high there; recall, which also asks that the phrase fit the object, is the measure of "
+                  "grounding the right thing.",
+              "", f"The descriptions name each object's size / colour / shape {gcg['caption_size']:.3f} / "
                   f"{gcg['caption_colour']:.3f} / {gcg['caption_shape']:.3f}; reasoning answers are right "
                   f"{reason['answer_accuracy']:.3f} of the time (superlatives {reason.get('superlative/answer_accuracy', float('nan')):.3f}, "
                   f"negations {reason.get('negation/answer_accuracy', float('nan')):.3f})."]

@@ -150,9 +150,11 @@ def check_planted(backbone: Backbone, size: tuple[int, int], box: tuple[int, int
         assert inside >= min_inside, f"{kind}: only {inside:.2f} of the planted change lies near {box}"
 
 
-def llava_steps(variant: str, threads: int, steps: int = 2) -> list[torch.Tensor]:
+def llava_steps(variant: str, threads: int, steps: int = 2, gradients: bool = False) -> list[torch.Tensor]:
     """The trainable parameters of a fresh organism ``variant`` after ``steps`` LLaVA steps of its recipe at full
-    batch, on ``threads`` torch threads (restored afterwards)."""
+    batch, on ``threads`` torch threads (restored afterwards); with ``gradients``, the gradients of the last
+    step instead (before the optimiser uses them: AdamW turns a rounding difference in a near-zero gradient into
+    a step of the learning rate's size)."""
     from flmm_probe.data.shapes import IMAGE_SIZE
     from flmm_probe.organism.build import VARIANTS, build_lmm, build_processor
     from flmm_probe.organism.train import BATCH, lmm_batch, text_recipe
@@ -172,4 +174,4 @@ def llava_steps(variant: str, threads: int, steps: int = 2) -> list[torch.Tensor
             optimizer_step(model(**inputs).loss, opt, params)
     finally:
         torch.set_num_threads(before)
-    return [p.detach().clone() for p in params]
+    return [(p.grad if gradients else p).detach().clone() for p in params]

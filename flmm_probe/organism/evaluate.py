@@ -11,7 +11,8 @@
 - ``pointing``: for each object's caption phrase (teacher-forced caption after ``DESCRIBE``), each
   head's phrase-to-image attention (recorded with ``AttentionProbe``, mean over the phrase's tokens)
   on the patch grid is scored with the project's ``pointing_game``: is the argmax cell inside the
-  object's mask (cell coverage >= 0.5, or >= half the best cell's for masks smaller than a cell)?
+  object's mask (cell coverage >= 0.5, or >= half the best cell's for masks smaller than a cell)? A phrase
+  whose words fit several objects (two "small green triangles") names all of them: a hit on any counts.
   "Wrong object" is the same test against the other objects' masks; "position" against the object whose
   left-to-right rank is the phrase's place in the caption, over the phrases that name another object
   (captions name objects in a random order: a head that follows list position scores there). The uniform-map baseline is
@@ -252,14 +253,17 @@ def pointing_by_word(model: LlavaForConditionalGeneration, processor: LlavaProce
         for p, phrase in enumerate(scene.caption_phrases):
             own = tokens[owner == p]  # (word, layer, head, gy, gx)
             assert len(own) == len(PHRASE_WORDS), phrase.text
-            target = phrase.object_ids[0]
+            # The objects the phrase's words name: its own and any look-alike (same size, colour and shape),
+            # which no reading of the words can tell apart.
+            named = [i for i, o in enumerate(scene.objects) if o.words == scene.objects[phrase.object_ids[0]].words]
+            cover = torch.stack([covers[i] for i in named]).amax(0)
             for kind, phrase_map in zip(kinds, [own.mean(dim=0), *own]):  # each (layer, head, gy, gx)
-                hits[kind].append(pointing_game(phrase_map, covers[target]).numpy())  # (layer, head)
-                others = [pointing_game(phrase_map, c).numpy() for i, c in enumerate(covers) if i != target]
+                hits[kind].append(pointing_game(phrase_map, cover).numpy())  # (layer, head)
+                others = [pointing_game(phrase_map, c).numpy() for i, c in enumerate(covers) if i not in named]
                 wrong[kind].append(np.sum(others, axis=0) if others else np.zeros(phrase_map.shape[:2]))
-                if target != p:  # objects are indexed left to right: object p holds the phrase's list rank
+                if p not in named:  # objects are indexed left to right: object p holds the phrase's list rank
                     position[kind].append(pointing_game(phrase_map, covers[p]).numpy())
-            uniform.append(pointing_game(torch.ones(grid), covers[target]).item())
+            uniform.append(pointing_game(torch.ones(grid), cover).item())
     return {k: Pointing(np.mean(hits[k], axis=0), np.mean(wrong[k], axis=0), float(np.mean(uniform)), len(uniform),
                         np.mean(position[k], axis=0) if position[k] else np.full(hits[k][0].shape, np.nan), len(position[k]))
             for k in kinds}

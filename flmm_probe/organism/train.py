@@ -61,9 +61,9 @@ SHUFFLE_INVENTORY = {"small": True, "coarse": False}
 # The probability that a caption turn becomes "what objects can we see?" answered by the objects in a random
 # order, each by its lead word first (text.object_listing): each object's other words must then be found by
 # the word just said, the lookup "what colour is the cross?" needs.
-OBJECT_LISTINGS = {"small": 0.5, "coarse": 0.0}
+OBJECT_LISTINGS = {"small": 0.5, "coarse": 0.5}
 # Which attributes may lead a listing's items (text.LISTING_ORDERS; each listing draws one).
-LISTING_LEADS = {"small": ("shape", "colour"), "coarse": ("shape",)}
+LISTING_LEADS = {"small": ("shape", "colour"), "coarse": ("shape", "colour")}
 # The probability that a conversation's last question counts a shape the scene has (a scene's own count
 # question names any shape, and more than half of them answer "zero").
 COUNT_QUESTIONS = {"small": 0.3, "coarse": 0.0}
