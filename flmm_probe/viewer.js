@@ -82,6 +82,15 @@
       }
     }
 
+    // The colour scale: the 256 colours, dark (the map's minimum) to bright (its maximum).
+    const scale = $(".flmm-scale");
+    scale.width = 256;
+    scale.height = 1;
+    const strip = scale.getContext("2d").createImageData(256, 1);
+    for (let v = 0; v < 256; v++) {
+      strip.data.set([data.lut[3 * v], data.lut[3 * v + 1], data.lut[3 * v + 2], 255], 4 * v);
+    }
+    scale.getContext("2d").putImageData(strip, 0, 0);
     const opacity = $(".flmm-opacity");
     opacity.addEventListener("input", () => set({ opacity: parseFloat(opacity.value) }));
     const sort = $(".flmm-sort");

@@ -6,8 +6,8 @@
 
 The page shows the image, the text with its phrases (click one; its tokens on hover), a layer x head grid of
 every map of the chosen phrase plus each layer's head average (click a cell, or move with the arrow keys;
-``[`` and ``]`` step through phrases), the chosen map enlarged over the image with an opacity slider and its
-value range, the ground-truth mask's outline and the fitted coarse and refined masks' outlines where given,
+``[`` and ``]`` step through phrases), the chosen map enlarged over the image with an opacity slider, its
+value range and colour scale, the ground-truth mask's outline and the fitted coarse and refined masks' outlines where given,
 and the heads ranked by a score where an analysis gives scores. The state lives in the URL hash
 (``#phrase=1&layer=14&head=7``), so a view can be shared.
 
@@ -150,6 +150,7 @@ def view_fragment(data: dict, standalone: bool = False) -> str:
   <div class="flmm-stage">{image}<canvas class="flmm-heat"></canvas>{overlays}</div>
   <div class="flmm-controls">opacity <input class="flmm-opacity" type="range" min="0" max="1" step="0.05"> {legend}</div>
   <div class="flmm-title"></div>
+  <div><canvas class="flmm-scale" style="width:{DISPLAY_WIDTH}px;height:10px"></canvas></div>
   <div class="flmm-controls">heads by <select class="flmm-sort"></select></div>
   <table class="flmm-scores"></table>
  </div>
