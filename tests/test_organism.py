@@ -390,8 +390,8 @@ def test_count_questions_count_shapes_the_scene_has():
 
 
 def test_description_mix_option_draws_like_a_patched_default(monkeypatch):
-    # `--descriptions` must give exactly the texts of a run made with text.DESCRIPTIONS replaced (session 9's
-    # runs/s9/mix.py), and change only which description opens a conversation.
+    # `--descriptions` must give exactly the texts of a run made with text.DESCRIPTIONS replaced, and change only
+    # which description opens a conversation.
     mix = {"caption": 0.4, "narrative": 0.1, "expression": 0.3, "inventory": 0.2}
     scenes = [make_scene("train", i) for i in range(40)]
     recipe = {"grounded_expressions": True, "shuffle_inventory": True, "object_listings": 0.5}
