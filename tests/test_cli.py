@@ -5,16 +5,43 @@ import pytest
 from flmm_probe.cli import build_parser, main
 
 
-def test_help_lists_every_command(capsys):
+COMMANDS = ["demo", "backbones", "record", "record-image", "analyze", "counterfactual", "fit", "evaluate", "segment", "chat",
+            "gcg", "reason", "view", "report", "figures", "organism"]
+# The test file that runs each command end to end, and how its call reads there (besides --help, below).
+RUN_BY = {"demo": ("test_demo.py", 'main(["demo"'), "backbones": ("test_cli.py", 'main(["backbones"])'),
+          "record": ("test_cli_record.py", '"record", "--backbone"'), "record-image": ("test_cli.py", 'main(["record-image"'),
+          "analyze": ("test_cli.py", 'main(["analyze"'), "counterfactual": ("test_cli.py", 'main(["counterfactual"'),
+          "fit": ("test_benchmark_formats_end_to_end.py", 'fit = ["fit"'),
+          "evaluate": ("test_benchmark_formats_end_to_end.py", 'run(capsys, "evaluate"'), "segment": ("test_cli.py", 'main(["segment"'),
+          "chat": ("test_cli.py", 'main(["chat"'), "gcg": ("test_cli.py", 'for task, key in (("gcg"'),
+          "reason": ("test_cli.py", 'main(["reason"'), "view": ("test_viewer.py", 'main(["view"'),
+          "report": ("test_demo.py", 'main(["report"'), "figures": ("test_figures.py", "main([str(tmp_path)])"),
+          "organism": ("test_organism.py", 'main(["--out"')}
+
+
+def test_the_parser_has_exactly_the_documented_commands_and_each_is_run_by_a_test(capsys):
+    from pathlib import Path
+
+    assert list(build_parser()._subparsers._group_actions[0].choices) == COMMANDS
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for command in ("demo", "backbones", "record", "record-image", "analyze", "counterfactual", "fit", "evaluate", "segment",
-                    "figures", "organism train"):
-        assert command in text
+    tests = Path(__file__).parent
+    for command in COMMANDS:
+        assert f"\n  {command} " in text, f"`flmm-probe --help` lists {command}"
+        where, call = RUN_BY[command]
+        assert call in (tests / where).read_text(), f"{where} runs {command}"
 
 
-@pytest.mark.parametrize("command", ["demo", "record", "analyze", "counterfactual", "fit", "evaluate", "segment"])
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c not in ("figures", "report", "organism")])
+def test_each_command_answers_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0 and f"usage: flmm-probe {command}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["demo", "record", "analyze", "counterfactual", "fit", "evaluate", "segment", "chat",
+                                     "gcg", "reason", "view"])
 def test_every_option_is_explained(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
@@ -66,6 +93,12 @@ def test_chat_gcg_and_reason_end_to_end(tmp_path, capsys):
                  "--base-channels", "8", "--long-side", "16"]) == 0
     Image.fromarray(make_scene("test", 1).image).save(tmp_path / "scene.png")
     capsys.readouterr()
+    assert main(["segment", "--run", run, "--image", str(tmp_path / "scene.png"), "--text", "a red cross and a blue circle",
+                 "--phrase", "a red cross", "--phrase", "a blue circle", "--out", str(tmp_path / "segment")]) == 0
+    assert "overlay -> " in capsys.readouterr().out and (tmp_path / "segment" / "mask_1.png").exists()
+    assert main(["record-image", "--image", str(tmp_path / "scene.png"), "--text", "a red cross", "--phrase", "red cross",
+                 "--out", str(tmp_path / "one.safetensors")]) == 0
+    assert "1 phrases -> " in capsys.readouterr().out
     assert main(["chat", "--run", run, "--image", str(tmp_path / "scene.png"), "--question",
                  "Please give me a description of the image.", "--out", str(tmp_path / "chat")]) == 0
     out = capsys.readouterr().out
