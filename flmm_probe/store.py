@@ -18,7 +18,8 @@ on how samples were split across ranks (only the location columns: shard, shard_
 
 Every manifest row carries the sha256 and size of its shard file; a shard is checked against them
 before any of its bytes are used (once per process while the file is unchanged) and a mismatch raises
-StoreCorruptionError naming the file.
+StoreCorruptionError naming the file. Each fragment carries the sha256 of its own rows in its parquet
+metadata, checked whenever it is read.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from safetensors.torch import save as save_safetensors
 
@@ -98,6 +101,25 @@ def _atomic_write(path: Path, data: bytes | Callable[[Path], None]) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+_FRAGMENT_DIGEST_KEY = b"flmm_probe.sha256"
+
+
+def _digest(table: pa.Table) -> str:
+    """sha256 of a fragment's rows, column by column (names and values as Arrow holds them, so that the digest
+    reads the same from the table written and the table read back)."""
+    sha = hashlib.sha256()
+    for name, column in zip(table.column_names, table.columns):
+        sha.update(json.dumps([name, column.to_pylist()], default=str).encode())
+    return sha.hexdigest()
+
+
+def _write_fragment(frame: pd.DataFrame, path: Path) -> None:
+    """A fragment as parquet, its rows' sha256 in the file's metadata (checked by every read)."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _FRAGMENT_DIGEST_KEY: _digest(table).encode()})
+    pq.write_table(table, path)
 
 
 def _tensor_offsets(blob: bytes) -> dict[str, tuple[int, int]]:
@@ -190,7 +212,7 @@ class ShardSet:
             row.update(shard=name, shard_bytes=len(blob), shard_sha256=sha)
         _atomic_write(self.folder / name, blob)
         frame = self._ordered(pd.DataFrame(rows))
-        _atomic_write(self.fragment_path(name), lambda p: frame.to_parquet(p, index=False))
+        _atomic_write(self.fragment_path(name), lambda p: _write_fragment(frame, p))
         log.info("Wrote shard %s (%d rows, %.1f MiB)", self.folder / name, len(rows), len(blob) / 2**20)
         return frame
 
@@ -208,10 +230,17 @@ class ShardSet:
         """One shard's manifest fragment; a fragment that cannot be read raises StoreCorruptionError naming it."""
         path = self.fragment_path(shard)
         try:
-            return pd.read_parquet(path, columns=columns)
+            table = pq.read_table(path)
         except (OSError, ValueError) as err:  # pyarrow's errors derive from these
             raise StoreCorruptionError(self.folder / shard, f"its manifest fragment {path.name} cannot be read "
                                                             f"({type(err).__name__}: {err})") from err
+        expected = (table.schema.metadata or {}).get(_FRAGMENT_DIGEST_KEY)
+        # Fragments written before they carried a digest have none to check.
+        if expected is not None and _digest(table).encode() != expected:
+            raise StoreCorruptionError(self.folder / shard, f"its manifest fragment {path.name} does not match its "
+                                                            "sha256 (its rows were changed after they were written)")
+        frame = table.to_pandas()
+        return frame[columns] if columns is not None else frame
 
     def manifest(self, consolidated: Path) -> pd.DataFrame:
         """All visible rows sorted by `sort_by`; from `consolidated` when it covers exactly the visible shards."""

@@ -264,7 +264,19 @@ def test_a_damaged_manifest_fragment_or_manifest_is_named(tmp_path):
     assert Store.open(store.root).done_ids() == {sample_id(i) for i in range(NUM_SAMPLES)}
     shard = store.shards.shards()[0]
     fragment = store.shards.fragment_path(shard)
-    fragment.write_bytes(fragment.read_bytes()[:40])
+    intact = fragment.read_bytes()
+    fragment.write_bytes(intact[:40])
     with pytest.raises(StoreCorruptionError, match=f"{shard}: its manifest fragment .* cannot be read") as err:
         Store.open(store.root).done_ids()
     assert "discard_shard" in str(err.value)
+    # A fragment changed into another valid parquet file (a row's span moved), its old digest kept: caught too.
+    fragment.write_bytes(intact)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(fragment)
+    spans = table.column("span_end").to_pylist()
+    changed = table.set_column(table.column_names.index("span_end"), "span_end", pa.array([spans[0] + 1] + spans[1:], table.schema.field("span_end").type))
+    pq.write_table(changed.replace_schema_metadata(table.schema.metadata), fragment)
+    with pytest.raises(StoreCorruptionError, match=f"{shard}: its manifest fragment .* does not match its sha256"):
+        Store.open(store.root).done_ids()
