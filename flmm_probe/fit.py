@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from segment_anything.modeling import Sam
 from torch import nn
@@ -586,7 +587,14 @@ def _keep_log(run_dir: Path, steps: int) -> float:
 
 def _load_trainable(grounder: Grounder, weights: Path) -> None:
     """Load a checkpoint's weights (all but SAM's frozen image encoder) into `grounder`."""
-    missing, unexpected = grounder.load_state_dict(load_file(str(weights)), strict=False)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing: the fit did not finish an epoch; rerun it with --resume.")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{weights} cannot be read ({err}): the file is damaged. Load one of the epoch checkpoints "
+                         "next to it (epoch_NNN.safetensors), or refit.") from err
+    missing, unexpected = grounder.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(_FROZEN_PREFIX)]
     if missing or unexpected:
         raise ValueError(f"{weights} does not match its {CONFIG_FILE}: missing {missing[:5]}, unexpected {unexpected[:5]}.")

@@ -168,3 +168,22 @@ def test_loading_errors_teach(tmp_path, monkeypatch):
         load_sam(tmp_path / "other.pth")
     with pytest.raises(ValueError, match="Unknown SAM 'vit_q'"):
         load_sam("vit_q")
+
+
+
+def test_damaged_or_missing_fit_weights_are_named(tmp_path):
+    from flmm_probe.fit import load_grounder
+
+    data, run = "shapes:train:2:caption", tmp_path / "fit"
+    assert main(["record", "--data", data, "--store", str(tmp_path / "store")]) == 0
+    assert main(["fit", "--store", str(tmp_path / "store"), "--data", data, "--out", str(run), "--epochs", "1",
+                 "--no-refiner", "--base-channels", "8", "--long-side", "16"]) == 0
+    load_grounder(run)
+    weights = run / "grounder.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="grounder.safetensors cannot be read .* epoch checkpoints"):
+        load_grounder(run)
+    load_grounder(run / "epoch_001.safetensors")  # the epoch checkpoint beside it still loads
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="grounder.safetensors is missing"):
+        load_grounder(run)
