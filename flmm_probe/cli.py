@@ -294,7 +294,7 @@ def _view(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import main as report_main
+    from analyses.report import main as report_main
 
     return report_main(args.rest)
 

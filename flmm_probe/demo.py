@@ -12,7 +12,7 @@ shapes world + organism LLaVA:
   5. grounding vs training step over the organism's shipped checkpoints;
   6. segment one scene, and render every figure;
   7. the LMM's own descriptions and answers to reasoning questions, grounded (GCG, reasoning segmentation);
-  8. results.md, the run's results page (``flmm_probe.report``).
+  8. results.md, the run's results page (``analyses.report``).
 Every stage reads what the stage before wrote; rerunning resumes the recordings and the fit.
 """
 
@@ -43,7 +43,7 @@ from .fit import FitConfig, Grounder, fit, load_grounder
 from .grounded_tasks import evaluate_gcg, evaluate_reasoning
 from .organism import load_organism, load_organism_sam
 from .recording import record_dataset
-from .report import results_markdown
+from analyses.report import results_markdown
 from .store import Store
 
 TRAINING_FREE_HEADS = 3

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from analyses.counterfactual import head_summary
-from analyses.emergence import baseline_table, layer_curve
+from .counterfactual import head_summary
+from .emergence import baseline_table, layer_curve
 
-from .evaluate import format_table
+from flmm_probe.evaluate import format_table
 
 N_BOOT = 1000
 
