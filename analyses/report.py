@@ -1,7 +1,7 @@
 """A run folder's results as Markdown: `flmm-probe report RUN_DIR > docs/results.md`.
 
 Everything is read from the files the demo wrote into RUN_DIR (run.json, analysis/*.parquet,
-training_free.parquet, metrics.json, gcg.json, reason.json), so a results page made this way says what that
+training_free.parquet, metrics.json, gcg.json, reason.json, cot.json), so a results page made this way says what that
 run measured and nothing else; rerun the demo and the command to refresh it. Sections whose files are
 missing are left out, and say so.
 """
@@ -100,6 +100,22 @@ def _applications(run: Path) -> list[str]:
                   f"{gcg['caption_colour']:.3f} / {gcg['caption_shape']:.3f}; reasoning answers are right "
                   f"{reason['answer_accuracy']:.3f} of the time (superlatives {reason.get('superlative/answer_accuracy', float('nan')):.3f}, "
                   f"negations {reason.get('negation/answer_accuracy', float('nan')):.3f})."]
+    return lines + ["", *_chain_of_thought(run)]
+
+
+def _chain_of_thought(run: Path) -> list[str]:
+    cot = _json(run, "cot.json")
+    if cot is None:
+        return ["(no cot.json)"]
+    kinds = [k for k in ("colour", "shape", "size") if f"{k}/direct" in cot]
+    lines = [f"Visual chain of thought on {cot['questions']} questions about one object of wide scenes (objects a "
+             "quarter of their usual size in the model's view): answered on the whole image, on a crop around the object "
+             "grounded from the question's phrase, and on the same crop around the object's true mask (the most grounding "
+             f"could give). The grounded crop holds the object {cot['in_crop']:.3f} of the time "
+             f"({cot['empty_mask']} empty masks).", "",
+             "| answer accuracy | all | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+    for way, name in (("direct", "whole image"), ("cot", "grounded crop (chain of thought)"), ("oracle", "crop around the true mask")):
+        lines.append(f"| {name} | {cot[way + '/accuracy']:.3f} | " + " | ".join(f"{cot[f'{k}/{way}']:.3f}" for k in kinds) + " |")
     return lines
 
 

@@ -12,6 +12,10 @@ caller gives (strings or char spans of the answer), or any callable from the ans
 
 An answer whose tokens, retokenized, differ from those the model generated is grounded all the same, but
 ``GroundedAnswer.exact`` says so: the recorded tokens are then not quite the ones the model wrote.
+
+A visual chain of thought (``chain_of_thought``) grounds the object a question is about, crops the image
+around it and asks the question again on the crop: the model sees the object at a scale its vision grid can
+resolve. The model is the same frozen one; only its input image changes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .backbones import Backbone
 from .data.shapes import COLOURS, NUMBERS, PLURALS, SHAPES, SIZES
@@ -131,4 +136,58 @@ def ground_answer(backbone: Backbone, grounder: Grounder, image: ImageLike, ques
     return answer
 
 
-__all__ = ["GroundedAnswer", "GroundedPhrase", "generate", "ground_answer", "shapes_phrases", "with_instruction"]
+def crop_box(mask: np.ndarray, logits: np.ndarray, context: float = 3.0, min_side: int = 0) -> tuple[int, int, int, int]:
+    """The square (x0, y0, x1, y1) to crop around a grounded object. mask, logits: (H, W).
+
+    The object is the connected part of ``mask`` that holds its most probable pixel (a mask may come in pieces;
+    an object is one), or that pixel alone when the mask is empty. The square is centred on the part's bounding
+    box, ``context`` times its longer side but at least ``min_side`` pixels wide, and shifted to lie inside
+    the image (clipped where the image is narrower).
+    """
+    height, width = mask.shape
+    if mask.any():
+        parts, _ = ndimage.label(mask)
+        peak = np.unravel_index(int(np.argmax(np.where(mask, logits, -np.inf))), mask.shape)
+        ys, xs = np.nonzero(parts == parts[peak])
+    else:
+        ys, xs = (np.array([i]) for i in np.unravel_index(int(np.argmax(logits)), logits.shape))
+    cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+    side = min(max(context * (max(np.ptp(ys), np.ptp(xs)) + 1), min_side), height, width)
+    x0 = int(round(min(max(cx - side / 2, 0), width - side)))
+    y0 = int(round(min(max(cy - side / 2, 0), height - side)))
+    return x0, y0, min(width, x0 + int(round(side))), min(height, y0 + int(round(side)))
+
+
+@dataclass
+class ChainAnswer:
+    """A visual chain of thought: ``phrase`` (the object the question is about) grounded to ``mask`` (H, W) bool,
+    the image cropped to ``box`` (x0, y0, x1, y1), and the question answered on the crop: ``text``, ``tokens``
+    (as ``generate`` gives them). ``note``: "empty mask" when the crop was centred on the most probable pixel."""
+
+    question: str
+    phrase: str
+    mask: np.ndarray
+    box: tuple[int, int, int, int]
+    text: str
+    tokens: list[int]
+    note: str = ""
+
+
+def chain_of_thought(backbone: Backbone, grounder: Grounder, image: ImageLike, question: str, phrase: str,
+                     context: float = 3.0, min_side: int = 0, max_new_tokens: int = 16, **generate_kwargs: Any) -> ChainAnswer:
+    """Ground ``phrase`` (the object ``question`` asks about, e.g. "the red object"), crop ``image`` around it
+    (``crop_box``), and answer ``question`` on the crop, resized by the processor as any image is.
+
+    The phrase is grounded as F-LMM grounds a referring expression: recorded as the answer to the backbone's own
+    instruction. The answer on the crop is plain ``generate`` (greedy unless ``generate_kwargs`` say otherwise).
+    """
+    pil = to_rgb(image)
+    masks, coarse, refined = segment(backbone, grounder, pil, phrase, [(0, len(phrase))])
+    logits = (refined if refined is not None else coarse)[0].numpy()
+    box = crop_box(masks[0], logits, context, min_side)
+    text, tokens = generate(backbone, pil.crop(box), question, max_new_tokens, **generate_kwargs)
+    return ChainAnswer(question, phrase, masks[0], box, text, tokens, "" if masks[0].any() else "empty mask")
+
+
+__all__ = ["ChainAnswer", "GroundedAnswer", "GroundedPhrase", "chain_of_thought", "crop_box", "generate", "ground_answer",
+           "shapes_phrases", "with_instruction"]

@@ -13,6 +13,7 @@ Commands:
   chat               ask about an image; the answer's phrases are segmented
   gcg                grounded conversation generation on the shapes world (recall, mIoU, AP50)
   reason             reasoning segmentation on the shapes world (gIoU, cIoU)
+  cot                visual chain of thought: ground, crop, ask again (answer accuracy with and without)
   view               one self-contained interactive HTML page of a record or store sample
   figures            render the figures of a run folder (PDF + PNG)
   report             a demo run folder's results page (Markdown), e.g. flmm-probe report runs/demo > docs/results.md
@@ -249,14 +250,14 @@ def _grounded_task(args: argparse.Namespace) -> int:
 
     from .data.shapes import ShapesDataset
     from .data.reasonseg import ReasonSeg
-    from .grounded_tasks import evaluate_gcg, evaluate_reasoning, evaluate_reasonseg
+    from .grounded_tasks import evaluate_cot, evaluate_gcg, evaluate_reasoning, evaluate_reasonseg
 
     grounder = _grounder(args)
     if getattr(args, "reasonseg", None):
         root, _, split = args.reasonseg.rpartition(":")
         frame, summary = evaluate_reasonseg(_backbone(args), grounder, ReasonSeg(root, split))
     else:
-        task = evaluate_gcg if args.command == "gcg" else evaluate_reasoning
+        task = {"gcg": evaluate_gcg, "reason": evaluate_reasoning, "cot": evaluate_cot}[args.command]
         frame, summary = task(_backbone(args), grounder, list(ShapesDataset(args.split, args.scenes)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -543,12 +544,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("gcg", "grounded conversation generation: describe each scene, segment every object phrase "
                                "(GLaMM's recall, mIoU, AP50; caption correctness)"),
                        ("reason", "reasoning segmentation: 'which object is the largest?' answered, the answer's object "
-                                  "segmented (gIoU, cIoU, answer accuracy)")):
+                                  "segmented (gIoU, cIoU, answer accuracy)"),
+                       ("cot", "visual chain of thought: 'what shape is the red object?' answered on the whole image, and "
+                               "again on a crop around the object grounded from the question (and around its true mask)")):
         task = commands.add_parser(name, help=f"{what} on shapes-world scenes", formatter_class=_Defaults)
         _backbone_arguments(task)
         task.add_argument("--run", required=True, help="the fit's run folder")
         _sam_arguments(task)
-        task.add_argument("--split", default="test", help="shapes-world split (test, edge, close, compositional, ...)")
+        task.add_argument("--split", default="zoom" if name == "cot" else "test",
+                          help="shapes-world split (test, edge, close, compositional, zoom: small objects on a wide canvas)")
         task.add_argument("--scenes", type=_positive, default=100, help="scenes of the split")
         task.add_argument("--out", required=True, help=f"folder for {name}.parquet (per item) and {name}.json (summary)")
         if name == "reason":

@@ -11,7 +11,8 @@ shapes world + organism LLaVA:
      test store;
   5. grounding vs training step over the organism's shipped checkpoints;
   6. segment one scene, and render every figure;
-  7. the LMM's own descriptions and answers to reasoning questions, grounded (GCG, reasoning segmentation);
+  7. the LMM's own descriptions and answers to reasoning questions, grounded (GCG, reasoning segmentation),
+     and a visual chain of thought on small objects of wide images (ground, crop, ask again);
   8. results.md, the run's results page (``analyses.report``).
 Every stage reads what the stage before wrote; rerunning resumes the recordings and the fit.
 """
@@ -40,7 +41,7 @@ from .data.shapes import ShapesDataset
 from .data.sources import ShapesGrounding
 from .evaluate import evaluate, overlay, segment
 from .fit import FitConfig, Grounder, fit, load_grounder
-from .grounded_tasks import evaluate_gcg, evaluate_reasoning
+from .grounded_tasks import evaluate_cot, evaluate_gcg, evaluate_reasoning
 from .organism import load_organism, load_organism_sam
 from .recording import record_dataset
 from analyses.report import results_markdown
@@ -94,10 +95,12 @@ def run_demo(
     masks, _, _ = segment(backbone, grounder, scene.image(), scene.text, scene.spans)
     overlay(scene.image(), masks, [p.text for p in scene.phrases]).save(out / "segment_overlay.png")
 
-    # The LMM's own answers, grounded: descriptions (GCG) and reasoning questions, on the held-out scenes.
+    # The LMM's own answers, grounded: descriptions (GCG) and reasoning questions, on the held-out scenes; the
+    # chain of thought on the zoom split, where objects are too small to read in the model's view.
     scenes = list(ShapesDataset("test", num_scenes))
-    for name, task in (("gcg", evaluate_gcg), ("reason", evaluate_reasoning)):
-        rows, scores = task(backbone, grounder, scenes, progress=False)
+    for name, task, split in (("gcg", evaluate_gcg, scenes), ("reason", evaluate_reasoning, scenes),
+                              ("cot", evaluate_cot, list(ShapesDataset("zoom", num_scenes)))):
+        rows, scores = task(backbone, grounder, split, progress=False)
         rows.to_parquet(out / f"{name}.parquet")
         (out / f"{name}.json").write_text(json.dumps(scores, indent=1, default=float))
     results = results_markdown(out)

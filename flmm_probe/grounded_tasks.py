@@ -18,6 +18,13 @@ intersections over summed unions) are scored against the answer's object; an ans
 IoU 0 and is counted. Baselines on the same phrases: a random object of the scene, and a centred disk
 (``BASELINES``). ``evaluate_reasonseg`` does the same on the public ReasonSeg format, LISA's ignored
 pixels left out.
+
+Visual chain of thought: on the ``zoom`` split (3-5 objects on a canvas four times wider, so that in the model's
+view each is a few pixels across), every question about one object ("what shape is the red object?") is
+answered three ways: on the whole image (``direct``), on a crop around the object F-LMM grounds from the
+question's phrase (``cot``, ``apps.chain_of_thought``), and on the same crop around the object's true mask
+(``oracle``, the most the grounding step could give). Crops are at least ``IMAGE_SIZE`` wide, the scale the
+world is drawn at, so an object's size word stays readable on its crop.
 """
 
 from __future__ import annotations
@@ -34,10 +41,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm.auto import tqdm
 
-from .apps import GroundedAnswer, PhraseSource, ground_answer, shapes_phrases
+from .apps import GroundedAnswer, PhraseSource, chain_of_thought, crop_box, generate, ground_answer, shapes_phrases
 from .backbones import Backbone
 from .data.reasonseg import ReasonSegSample, iou_ignoring
-from .data.shapes import COLOURS, DESCRIBE, PLURALS, SHAPES, SIZES, Obj, Scene, reasoning_questions
+from .data.shapes import COLOURS, DESCRIBE, IMAGE_SIZE, PLURALS, QA, SHAPES, SIZES, Obj, Scene, reasoning_questions
 from .fit import Grounder
 from .metrics import intersection_union
 from .organism.evaluate import caption_hits
@@ -237,3 +244,48 @@ def evaluate_reasonseg(backbone: Backbone, grounder: Grounder, samples: Iterable
                "no_phrase": int((frame["note"] != "").sum())}
     return frame, summary
 
+
+
+# Question kinds about one object, which a crop around that object can answer.
+COT_KINDS = ("colour", "shape", "size")
+
+
+def asked_object(scene: Scene, qa: QA) -> tuple[str, int]:
+    """The phrase of an object question ("what shape is the red object?" -> "the red object") and the index of the
+    one object of ``scene`` it names (its words other than "the" and "object" are all that object's)."""
+    phrase = qa.question.removesuffix("?").split(" is ", 1)[1]
+    words = set(phrase.split()) - {"the", "object"}
+    (target,) = [i for i, o in enumerate(scene.objects) if words <= {o.size, o.colour, o.shape}]
+    return phrase, target
+
+
+def evaluate_cot(backbone: Backbone, grounder: Grounder, scenes: Sequence[Scene], context: float = 3.0,
+                 min_side: int = IMAGE_SIZE, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Visual chain of thought on the object questions (``COT_KINDS``) of ``scenes`` (see the module docstring).
+
+    Rows: scene, question, kind, truth, and per way (direct, cot, oracle) its answer and whether it is right;
+    ``in_crop``: the grounded crop holds at least half of the object's pixels; ``empty_mask``: the grounding gave
+    no pixel (the crop is centred on the most probable one). Summary: accuracy of each way overall and by kind,
+    ``in_crop`` and ``empty_mask`` rates."""
+    rows = []
+    items = [(s, qa) for s in scenes for qa in s.qa if qa.kind in COT_KINDS]
+    for scene, qa in tqdm(items, desc="cot", disable=not progress):
+        phrase, target = asked_object(scene, qa)
+        truth = scene.objects[target].mask
+        chain = chain_of_thought(backbone, grounder, scene.image, qa.question, phrase, context, min_side)
+        x0, y0, x1, y1 = crop_box(truth, truth.astype(float), context, min_side)
+        answers = {"direct": generate(backbone, scene.image, qa.question, 4)[0], "cot": chain.text,
+                   "oracle": generate(backbone, scene.image[y0:y1, x0:x1], qa.question, 4)[0]}
+        cx0, cy0, cx1, cy1 = chain.box
+        row = {"scene": f"{scene.split}/{scene.index}", "question": qa.question, "kind": qa.kind, "truth": qa.answer,
+               "in_crop": truth[cy0:cy1, cx0:cx1].sum() >= 0.5 * truth.sum(), "empty_mask": chain.note == "empty mask"}
+        for way, text in answers.items():
+            row |= {way: text, f"{way}/right": text.removesuffix(".").split()[:1] == [qa.answer]}
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    summary: dict = {"questions": len(frame)}
+    summary |= {f"{way}/accuracy": frame[f"{way}/right"].mean() for way in ("direct", "cot", "oracle")}
+    summary |= {"in_crop": frame["in_crop"].mean(), "empty_mask": int(frame["empty_mask"].sum())}
+    for kind, part in frame.groupby("kind"):
+        summary |= {f"{kind}/{way}": part[f"{way}/right"].mean() for way in ("direct", "cot", "oracle")}
+    return frame, summary

@@ -6,7 +6,7 @@ from flmm_probe.cli import build_parser, main
 
 
 COMMANDS = ["demo", "backbones", "record", "record-image", "analyze", "counterfactual", "fit", "evaluate", "segment", "chat",
-            "gcg", "reason", "view", "report", "figures", "organism"]
+            "gcg", "reason", "cot", "view", "report", "figures", "organism"]
 # The test file that runs each command end to end, and how its call reads there (besides --help, below).
 RUN_BY = {"demo": ("test_demo.py", 'main(["demo"'), "backbones": ("test_cli.py", 'main(["backbones"])'),
           "record": ("test_cli_record.py", '"record", "--backbone"'), "record-image": ("test_cli.py", 'main(["record-image"'),
@@ -14,7 +14,7 @@ RUN_BY = {"demo": ("test_demo.py", 'main(["demo"'), "backbones": ("test_cli.py",
           "fit": ("test_benchmark_formats_end_to_end.py", 'fit = ["fit"'),
           "evaluate": ("test_benchmark_formats_end_to_end.py", 'run(capsys, "evaluate"'), "segment": ("test_cli.py", 'main(["segment"'),
           "chat": ("test_cli.py", 'main(["chat"'), "gcg": ("test_cli.py", 'for task, key in (("gcg"'),
-          "reason": ("test_cli.py", 'main(["reason"'), "view": ("test_viewer.py", 'main(["view"'),
+          "reason": ("test_cli.py", 'main(["reason"'), "cot": ("test_cli.py", '("cot", "cot/accuracy")'), "view": ("test_viewer.py", 'main(["view"'),
           "report": ("test_demo.py", 'main(["report"'), "figures": ("test_figures.py", "main([str(tmp_path)])"),
           "organism": ("test_organism.py", 'main(["--out"')}
 
@@ -41,7 +41,7 @@ def test_each_command_answers_help(command, capsys):
 
 
 @pytest.mark.parametrize("command", ["demo", "record", "analyze", "counterfactual", "fit", "evaluate", "segment", "chat",
-                                     "gcg", "reason", "view"])
+                                     "gcg", "reason", "cot", "view"])
 def test_every_option_is_explained(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
@@ -80,7 +80,7 @@ def test_counterfactual_and_analyze_report_words_or_position(tmp_path, capsys):
     assert "head_table: " in out and "points at the object the phrase names" in out
 
 
-def test_chat_gcg_and_reason_end_to_end(tmp_path, capsys):
+def test_chat_gcg_reason_and_cot_end_to_end(tmp_path, capsys):
     import json
 
     from PIL import Image
@@ -103,7 +103,7 @@ def test_chat_gcg_and_reason_end_to_end(tmp_path, capsys):
                  "Please give me a description of the image.", "--out", str(tmp_path / "chat")]) == 0
     out = capsys.readouterr().out
     assert "overlay -> " in out and (tmp_path / "chat" / "mask_0.png").exists()
-    for task, key in (("gcg", "recall"), ("reason", "giou")):
+    for task, key in (("gcg", "recall"), ("reason", "giou"), ("cot", "cot/accuracy")):
         assert main([task, "--run", run, "--scenes", "3", "--out", str(tmp_path / task)]) == 0
         assert key in capsys.readouterr().out and (tmp_path / task / f"{task}.parquet").exists()
     folder = tmp_path / "reasonseg" / "val"

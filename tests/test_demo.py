@@ -17,6 +17,8 @@ def test_demo_runs_end_to_end_and_its_results_page_reads_the_run(tmp_path, capsy
     assert printed.startswith(results)
     gcg = json.loads((out / "gcg.json").read_text())
     assert f"| fitted decoder + refiner | {100 * gcg['recall']:.1f} | {100 * gcg['miou']:.1f} |" in results
+    cot = json.loads((out / "cot.json").read_text())
+    assert f"| grounded crop (chain of thought) | {cot['cot/accuracy']:.3f} |" in results
     assert (out / "segment_overlay.png").exists() and any((out / "analysis" / "figures").glob("counterfactual.png"))
     # The report command prints the same page from the folder.
     assert main(["report", str(out)]) == 0

@@ -4,13 +4,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from flmm_probe.apps import GroundedAnswer, GroundedPhrase
 from flmm_probe.data.reasonseg import IGNORE, ReasonSeg, iou_ignoring
-from flmm_probe.data.shapes import make_scene
-from flmm_probe.grounded_tasks import (CENTRE_RADIUS, ap50, baseline_answer, centre_prior, gcg_scores, greedy_pairs,
-                                       iou_matrix, phrase_fits)
+from flmm_probe.apps import crop_box
+from flmm_probe.data.shapes import IMAGE_SIZE, MAX_OBJECTS, SIZE_RADIUS, ZOOM, make_scene, shape_mask
+from flmm_probe.grounded_tasks import (CENTRE_RADIUS, COT_KINDS, ap50, asked_object, baseline_answer, centre_prior, gcg_scores,
+                                       greedy_pairs, iou_matrix, phrase_fits)
 
 SCENE = next(s for s in (make_scene("test", i) for i in range(50)) if len(s.objects) == 3)
 
@@ -109,3 +111,54 @@ def test_baselines_replace_masks_and_keep_phrases():
     drawn = baseline_answer(answer, SCENE, "random_object", rng)
     assert all(any((p.mask == o.mask).all() for o in SCENE.objects) for p in drawn.phrases)
     assert answer.phrases[0].mask is SCENE.objects[0].mask, "the answer itself is left as it was"
+
+
+def test_crop_box_centres_the_most_probable_piece_and_stays_inside():
+    mask = np.zeros((320, 320), bool)
+    mask[100:110, 200:220] = True  # the piece holding the peak
+    mask[10:60, 10:60] = True  # a larger piece elsewhere
+    logits = np.where(mask, 1.0, -1.0)
+    logits[105, 210] = 5.0
+    assert crop_box(mask, logits, context=3.0) == (180, 75, 240, 135)  # 3 x 20 px around (105, 210)
+    assert crop_box(mask, logits, context=3.0, min_side=80) == (170, 65, 250, 145)
+    corner = np.zeros((320, 320), bool)
+    corner[0:4, 316:320] = True
+    assert crop_box(corner, corner.astype(float), min_side=80) == (240, 0, 320, 80)  # shifted inside the image
+    empty = np.zeros((50, 40), bool)
+    peak = np.zeros((50, 40))
+    peak[20, 30] = 1.0
+    assert crop_box(empty, peak, min_side=100) == (0, 0, 40, 40)  # clipped to the image's short side
+    assert crop_box(empty, peak, min_side=10) == (26, 16, 36, 26)
+
+
+def test_zoom_scenes_are_wide_with_objects_of_the_worlds_pixel_sizes():
+    scenes = [make_scene("zoom", i) for i in range(20)]
+    for scene in scenes:
+        assert scene.image.shape == (ZOOM * IMAGE_SIZE, ZOOM * IMAGE_SIZE, 3) and 3 <= len(scene.objects) <= MAX_OBJECTS
+        for o in scene.objects:
+            assert o.mask.shape == scene.image.shape[:2] and o.mask.sum() == shape_mask(o.shape, o.cx, o.cy, o.radius, ZOOM * IMAGE_SIZE).sum()
+            lo, hi = SIZE_RADIUS[o.size]
+            assert lo <= o.radius <= hi
+        for qa in scene.qa:
+            if qa.kind in COT_KINDS:
+                phrase, target = asked_object(scene, qa)
+                assert phrase in qa.question and getattr(scene.objects[target], qa.kind) == qa.answer
+
+
+def test_chain_of_thought_answers_on_the_crop_around_the_grounded_object(monkeypatch):
+    import flmm_probe.apps as apps
+    from flmm_probe import load_backbone
+    from flmm_probe.organism import load_organism
+
+    backbone = load_backbone(*load_organism("small"))
+    scene = make_scene("zoom", 3)
+    qa = next(q for q in scene.qa if q.kind == "shape")
+    phrase, target = asked_object(scene, qa)
+    truth = scene.objects[target].mask
+    planted = torch.from_numpy(np.where(truth, 4.0, -4.0)[None]).float()  # a grounder that finds the object exactly
+    monkeypatch.setattr(apps, "segment", lambda backbone, grounder, image, text, phrases: (truth[None], planted, None))
+    chain = apps.chain_of_thought(backbone, None, scene.image, qa.question, phrase, min_side=IMAGE_SIZE)
+    x0, y0, x1, y1 = chain.box
+    assert x1 - x0 == y1 - y0 == IMAGE_SIZE and truth[y0:y1, x0:x1].sum() == truth.sum()
+    assert (chain.text, chain.tokens) == apps.generate(backbone, scene.image[y0:y1, x0:x1], qa.question, 16)
+    assert chain.note == "" and chain.phrase == phrase

@@ -27,6 +27,11 @@ every scene of the ``compositional`` split contains at least one of them. Layout
 clear of the frame and of each other ("spread", the val, test and compositional splits), are cut by the frame
 ("edge") or stand 1-2 px apart ("close"); the ``edge`` and ``close`` splits hold only those, and each train
 scene draws its layout from ``TRAIN_LAYOUTS``.
+
+The ``zoom`` split draws 3-5 objects of the same pixel sizes on a canvas ``ZOOM`` times wider (320x320): in the
+model's 80x80 view they are ``ZOOM`` times smaller, too small to tell their shapes apart, while a crop around
+one object, resized to 80x80, shows it at the size the world is drawn at. It is the split on which a visual
+chain of thought (ground the object, crop, ask again) has something to gain (``grounded_tasks.evaluate_cot``).
 """
 
 from __future__ import annotations
@@ -58,7 +63,9 @@ FLOORS = ("striped", "checkered", "grassy")
 NUMBERS = ("zero", "one", "two", "three", "four", "five")
 # Colour-shape pairs that no train/val/test scene contains (one per shape and per colour).
 HELD_OUT_PAIRS = frozenset({("red", "triangle"), ("blue", "cross"), ("green", "diamond"), ("yellow", "circle"), ("purple", "square")})
-SPLITS = ("train", "val", "test", "compositional", "edge", "close")
+SPLITS = ("train", "val", "test", "compositional", "edge", "close", "zoom")
+# The canvas of the zoom split is ZOOM times wider than IMAGE_SIZE; objects keep their pixel sizes.
+ZOOM = 4
 LAYOUTS = ("spread", "edge", "close")
 # Train scenes' layouts: mostly spread, so that a spread train scene is the one the same index always gave.
 TRAIN_LAYOUTS = {"spread": 0.8, "edge": 0.1, "close": 0.1}
@@ -150,6 +157,11 @@ class Scene:
     order: tuple[int, ...] = ()
 
 
+def canvas_size(split: str) -> int:
+    """The side in pixels of ``split``'s images: ``IMAGE_SIZE``, or ``ZOOM * IMAGE_SIZE`` for the zoom split."""
+    return ZOOM * IMAGE_SIZE if split == "zoom" else IMAGE_SIZE
+
+
 def _rng(split: str, index: int, seed: int, stream: int = 0) -> np.random.Generator:
     """The scene's random stream ``stream``: 0 draws the image and its questions, 1 the order of its texts."""
     if split not in SPLITS:
@@ -177,15 +189,15 @@ def shape_mask(shape: str, cx: float, cy: float, r: float, size: int = IMAGE_SIZ
     raise ValueError(f"unknown shape {shape!r}; choose one of {SHAPES}")
 
 
-def _background(rng: np.random.Generator, floor: str | None) -> tuple[np.ndarray, int]:
-    """A noisy low-saturation wall and an optional floor band; returns (image float32, floor top row)."""
-    h = w = IMAGE_SIZE
+def _background(rng: np.random.Generator, floor: str | None, canvas: int = IMAGE_SIZE) -> tuple[np.ndarray, int]:
+    """A noisy low-saturation (canvas, canvas) wall and an optional floor band; returns (image float32, floor top row)."""
+    h = w = canvas
     base = rng.uniform(90, 165)
     tint = rng.uniform(-12, 12, size=3)
     img = base + tint + rng.normal(0, 9, size=(h, w, 3))
     top = h
     if floor is not None:
-        top = int(rng.integers(56, 66))
+        top = int(rng.integers(56, 66)) * canvas // IMAGE_SIZE
         y, x = np.mgrid[top:h, 0:w]
         if floor == "striped":
             period = int(rng.integers(4, 7))
@@ -203,7 +215,7 @@ def _background(rng: np.random.Generator, floor: str | None) -> tuple[np.ndarray
 
 
 def _sample_objects(rng: np.random.Generator, split: str) -> list[tuple[str, str, str]]:
-    n = int(rng.integers(1, MAX_OBJECTS + 1))
+    n = int(rng.integers(3 if split == "zoom" else 1, MAX_OBJECTS + 1))  # the zoom split: a target among distractors
     pairs = [(c, s) for c in COLOURS for s in SHAPES]
     allowed = [p for p in pairs if p not in HELD_OUT_PAIRS]
     out: list[tuple[str, str, str]] = []
@@ -226,18 +238,19 @@ def layout(split: str, index: int, seed: int) -> str:
     return split if split in LAYOUTS else "spread"
 
 
-def _centre(rng: np.random.Generator, r: float, placed: list[tuple[float, float, float]], style: str) -> tuple[float, float]:
+def _centre(rng: np.random.Generator, r: float, placed: list[tuple[float, float, float]], style: str,
+            canvas: int = IMAGE_SIZE) -> tuple[float, float]:
     """A candidate centre for an object of half-extent r. "edge": the first object against a side of the frame
     (its mask reaches the border row or column: every shape spans at least 0.85 r from its centre), the others
     up to half out of it; "close": next to a placed object, with 1-2 background pixels between their extents."""
-    inside = (r + 1, IMAGE_SIZE - r - 1)
+    inside = (r + 1, canvas - r - 1)
     if style == "edge":
         if not placed:
             along, against = rng.uniform(*inside), rng.uniform(0.5 * r, 0.85 * r)
             side = int(rng.integers(4))
-            against = against if side % 2 == 0 else IMAGE_SIZE - against
+            against = against if side % 2 == 0 else canvas - against
             return (against, along) if side < 2 else (along, against)
-        return rng.uniform(0.5 * r, IMAGE_SIZE - 0.5 * r), rng.uniform(0.5 * r, IMAGE_SIZE - 0.5 * r)
+        return rng.uniform(0.5 * r, canvas - 0.5 * r), rng.uniform(0.5 * r, canvas - 0.5 * r)
     if style == "close" and placed:
         x, y, q = placed[int(rng.integers(len(placed)))]
         gap, shift, side = q + r + rng.uniform(2.05, 3.0), rng.uniform(-0.5, 0.5) * q, int(rng.integers(4))
@@ -246,25 +259,26 @@ def _centre(rng: np.random.Generator, r: float, placed: list[tuple[float, float,
     return rng.uniform(*inside), rng.uniform(*inside)
 
 
-def _place(rng: np.random.Generator, specs: list[tuple[str, str, str]], style: str = "spread") -> list[tuple[float, float, float]]:
-    """Non-overlapping (cx, cy, r) for each spec, placed as the layout ``style`` says; drops specs that do not
-    fit after many tries. Objects never overlap and keep at least one background pixel between them."""
+def _place(rng: np.random.Generator, specs: list[tuple[str, str, str]], style: str = "spread",
+           canvas: int = IMAGE_SIZE) -> list[tuple[float, float, float]]:
+    """Non-overlapping (cx, cy, r) for each spec on a (canvas, canvas) image, placed as the layout ``style`` says; drops
+    specs that do not fit after many tries. Objects never overlap and keep at least one background pixel between them."""
     placed: list[tuple[float, float, float]] = []
-    near = np.zeros((IMAGE_SIZE, IMAGE_SIZE), bool)  # "close": the placed masks grown by one pixel (8-neighbourhood)
+    near = np.zeros((canvas, canvas), bool)  # "close": the placed masks grown by one pixel (8-neighbourhood)
     for _, shape, size in specs:
         lo, hi = SIZE_RADIUS[size]
         for _ in range(200):
             r = float(rng.uniform(lo, hi))
-            cx, cy = (float(v) for v in _centre(rng, r, [p for p in placed if not np.isnan(p[0])], style))
+            cx, cy = (float(v) for v in _centre(rng, r, [p for p in placed if not np.isnan(p[0])], style, canvas))
             margin = 0.5 * r if style == "edge" else r + 1
-            ok = margin <= min(cx, cy) and max(cx, cy) <= IMAGE_SIZE - margin
+            ok = margin <= min(cx, cy) and max(cx, cy) <= canvas - margin
             ok = ok and all(max(abs(cx - x), abs(cy - y)) > r + q + 2 and abs(cx - x) >= _MIN_DX for x, y, q in placed)
             if ok and style == "close":  # a triangle's base is wider than r: check the pixels themselves
-                mask = shape_mask(shape, cx, cy, r)
+                mask = shape_mask(shape, cx, cy, r, canvas)
                 ok = not (mask & near).any()
                 if ok:
                     grown = np.pad(mask, 1)
-                    near |= np.logical_or.reduce([grown[1 + dy : 1 + dy + IMAGE_SIZE, 1 + dx : 1 + dx + IMAGE_SIZE]
+                    near |= np.logical_or.reduce([grown[1 + dy : 1 + dy + canvas, 1 + dx : 1 + dx + canvas]
                                                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
             if ok:
                 placed.append((cx, cy, r))
@@ -457,20 +471,21 @@ def _questions(rng: np.random.Generator, objects: list[Obj]) -> list[QA]:
 def make_scene(split: str, index: int, seed: int = 0) -> Scene:
     """The scene ``index`` of ``split``; the same arguments always give the same scene."""
     rng = _rng(split, index, seed)
+    canvas = canvas_size(split)
     floor = FLOORS[int(rng.integers(len(FLOORS)))] if rng.random() < 0.85 else None
-    img, top = _background(rng, floor)
+    img, top = _background(rng, floor, canvas)
     specs = _sample_objects(rng, split)
-    places = _place(rng, specs, layout(split, index, seed))
+    places = _place(rng, specs, layout(split, index, seed), canvas)
     kept = sorted(((p, s) for p, s in zip(places, specs) if not np.isnan(p[0])), key=lambda t: t[0][0])
     objects: list[Obj] = []
     for (cx, cy, r), (colour, shape, size) in kept:
-        mask = shape_mask(shape, cx, cy, r)
+        mask = shape_mask(shape, cx, cy, r, canvas)
         noise = rng.integers(-_OBJECT_NOISE, _OBJECT_NOISE + 1, size=(int(mask.sum()), 3))
         img[mask] = np.array(COLOURS[colour]) + noise
         objects.append(Obj(shape, colour, size, cx, cy, r, mask))
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
     things = np.logical_or.reduce([o.mask for o in objects])
-    rows = np.arange(IMAGE_SIZE)[:, None] >= top
+    rows = np.arange(canvas)[:, None] >= top
     floor_mask = np.broadcast_to(rows, things.shape) & ~things
     stuff = {"floor": floor_mask, "wall": ~floor_mask & ~things} if floor else {"wall": ~things}
     order = tuple(int(i) for i in _rng(split, index, seed, stream=1).permutation(len(objects)))
