@@ -225,9 +225,15 @@ def _chat(args: argparse.Namespace) -> int:
     from .apps import ground_answer, shapes_phrases
     from .evaluate import overlay
 
+    if args.phrase and args.noun_phrases:
+        raise SystemExit("Give --phrase or --noun-phrases, not both.")
+    phrases = args.phrase or shapes_phrases
+    if args.noun_phrases:
+        from .noun_phrases import noun_phrases
+
+        phrases = noun_phrases(args.noun_phrases)
     grounder = _grounder(args)
-    answer = ground_answer(_backbone(args), grounder, args.image, args.question, args.phrase or shapes_phrases,
-                           args.max_new_tokens)
+    answer = ground_answer(_backbone(args), grounder, args.image, args.question, phrases, args.max_new_tokens)
     print(answer.text)
     if not answer.exact:
         print("(the answer retokenized differs from the generated tokens: its phrases were recorded as retokenized)")
@@ -537,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--question", required=True, help='e.g. "Please give me a description of the image."')
     chat.add_argument("--phrase", action="append",
                       help="a phrase of the answer to segment (repeat for more; default: the shapes world's object phrases)")
+    chat.add_argument("--noun-phrases", metavar="PIPELINE", nargs="?", const="en_core_web_sm",
+                      help="segment the answer's English noun phrases, found by this spaCy pipeline (default when given "
+                           "alone: en_core_web_sm; needs pip install 'flmm_probe[english]')")
     chat.add_argument("--max-new-tokens", type=_positive, default=64, help="longest answer")
     chat.add_argument("--out", default="runs/chat", help="folder for mask_<i>.png and overlay.png")
     chat.set_defaults(handler=_chat)
