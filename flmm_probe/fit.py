@@ -17,6 +17,8 @@ Files written to `run_dir`:
     train_state_NNN.pt              AdamW and schedule state after the last finished epoch, NNN (fit(resume=True))
     log.jsonl                       one JSON line per step: step, epoch, lr, loss and its parts, grad_norm,
                                     elapsed (seconds since the loop started)
+Each weights file carries the sha256 of its tensors in its metadata, and grounder.json the sha256 of the
+training state and of the log it commits: a damaged or missing file is named when it is read, with the way out.
 
 Multi-GPU / multi-process: under torchrun (RANK / WORLD_SIZE set) the Grounder is wrapped in
 DistributedDataParallel and each rank takes every world_size-th batch of the epoch's order (padded by
@@ -26,6 +28,7 @@ wrapping around, as DistributedSampler does), so `batch_size` is per process.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -40,6 +43,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from segment_anything.modeling import Sam
 from torch import nn
@@ -59,6 +63,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MAP_KINDS = ("stacked", "fused")
 CONFIG_FILE, WEIGHTS_FILE, LOG_FILE = "grounder.json", "grounder.safetensors", "log.jsonl"
+CHECKSUM_KEY = "flmm_probe.sha256"  # safetensors metadata: the sha256 of the file's tensors (tensor_digest)
 STATE_FILE = "train_state_{:03d}.pt"
 _FROZEN_PREFIX = "refiner.sam.image_encoder."  # never saved: it is the user's SAM, unchanged
 
@@ -391,9 +396,23 @@ def _fill_cache(sam: Sam, dataset: GroundingDataset, cache: EmbeddingCache, phra
                          "embed_images skips bad samples: check the dataset's bad-sample log.")
 
 
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the tensors' names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
+    save_file(tensors, str(tmp), metadata={**metadata, CHECKSUM_KEY: tensor_digest(tensors)})
     os.replace(tmp, path)
 
 
@@ -452,7 +471,7 @@ def fit(
         # Prompts that are switched off (points, no-mask embedding, ...) leave SAM parameters unused.
         model = DistributedDataParallel(grounder, find_unused_parameters=True)
     step = done * steps_per_epoch
-    elapsed = _keep_log(run_dir, step) if rank == 0 else 0.0
+    elapsed = _keep_log(run_dir, step, spec.pop("log_sha256", None)) if rank == 0 else 0.0
     log.info("fit: %d phrases of %d samples, %d steps on %s x %d (from epoch %d)",
              spec["phrases"], spec["samples"], total, device, world, done)
 
@@ -529,6 +548,8 @@ def _write_checkpoint(grounder: Grounder, optimizer: torch.optim.Optimizer, sche
     tmp = run_dir / (STATE_FILE.format(epoch) + ".tmp")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp)
     os.replace(tmp, run_dir / STATE_FILE.format(epoch))
+    spec["train_state_sha256"] = _file_digest(run_dir / STATE_FILE.format(epoch))
+    spec["log_sha256"] = _file_digest(run_dir / LOG_FILE)
     _atomic_save(state, run_dir / WEIGHTS_FILE, meta)
     tmp = run_dir / (CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(spec, indent=2, sort_keys=True, default=str))
@@ -543,22 +564,28 @@ def _resume(run_dir: Path, spec: dict[str, Any], grounder: Grounder, optimizer: 
     returns the number of epochs done (0 if the fit had not finished one)."""
     if not (run_dir / CONFIG_FILE).exists():
         return 0
-    saved = json.loads((run_dir / CONFIG_FILE).read_text())
-    differs = sorted(k for k in set(spec) | set(saved)
-                     if k != "epochs_done" and _comparable(spec.get(k), k) != _comparable(saved.get(k), k))
+    saved = _read_spec(run_dir / CONFIG_FILE)
+    differs = sorted(k for k in set(spec) | set(saved) if k not in ("epochs_done", "train_state_sha256", "log_sha256")
+                     and _comparable(spec.get(k), k) != _comparable(saved.get(k), k))
     if differs:
         raise ValueError(f"Cannot resume {run_dir}: it was fitted with other {', '.join(differs)} "
                          f"({', '.join(f'{k}={saved.get(k)!r}' for k in differs)}). Pass the options it was started "
                          "with, or fit into a new folder.")
     done = saved["epochs_done"]
-    if not (run_dir / STATE_FILE.format(done)).exists():
-        raise FileNotFoundError(f"{run_dir} has no {STATE_FILE.format(done)}: it was fitted before fits saved their "
-                                "optimizer state, so it cannot be continued exactly; fit into a new folder.")
-    state = torch.load(run_dir / STATE_FILE.format(done), weights_only=True)
+    state_path = run_dir / STATE_FILE.format(done)
+    if not state_path.exists():
+        raise FileNotFoundError(f"{state_path} is missing: without the optimizer state of epoch {done} the fit cannot be "
+                                f"continued exactly. Its weights ({WEIGHTS_FILE}) still load; to train further, fit into a new folder.")
+    if "train_state_sha256" in saved and _file_digest(state_path) != saved["train_state_sha256"]:
+        raise ValueError(f"{state_path} is damaged (its sha256 is not the one {CONFIG_FILE} recorded): the fit cannot be "
+                         f"continued exactly. Its weights ({WEIGHTS_FILE}) still load; to train further, fit into a new folder.")
+    state = torch.load(state_path, weights_only=True)
     _load_trainable(grounder, run_dir / f"epoch_{done:03d}.safetensors")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     spec["epochs_done"] = done
+    if "log_sha256" in saved:
+        spec["log_sha256"] = saved["log_sha256"]
     log.info("fit: resuming %s after epoch %d", run_dir, done)
     return done
 
@@ -571,29 +598,53 @@ def _comparable(value: Any, key: str) -> Any:
     return value
 
 
-def _keep_log(run_dir: Path, steps: int) -> float:
+def _keep_log(run_dir: Path, steps: int, sha256: str | None = None) -> float:
     """Cut log.jsonl to its first `steps` lines (a killed fit logged steps past its checkpoint; a new fit
-    keeps none); returns the elapsed seconds of the last line kept."""
+    keeps none), checked against the ``sha256`` its checkpoint recorded of them; returns the elapsed seconds
+    of the last line kept."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOG_FILE
-    lines = path.read_text().splitlines(keepends=True)[:steps] if steps else []
+    damaged = f"{path} is damaged ({{}}): the log cannot be continued; fit into a new folder."
+    try:
+        lines = path.read_text().splitlines(keepends=True)[:steps] if steps else []
+    except UnicodeDecodeError as err:
+        raise ValueError(damaged.format(err)) from err
     if len(lines) != steps:
-        raise ValueError(f"{path} has {len(lines)} steps, fewer than the {steps} its checkpoint was saved after.")
+        raise ValueError(f"{path} has {len(lines)} steps, fewer than the {steps} its checkpoint was saved after: "
+                         "the log cannot be continued; fit into a new folder.")
+    if sha256 is not None and hashlib.sha256("".join(lines).encode()).hexdigest() != sha256:
+        raise ValueError(damaged.format("its steps are not the ones its checkpoint recorded"))
+    try:
+        elapsed = [json.loads(line)["elapsed"] for line in lines][-1] if lines else 0.0
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(damaged.format(err)) from err
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(lines))
     os.replace(tmp, path)
-    return json.loads(lines[-1])["elapsed"] if lines else 0.0
+    return elapsed
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is damaged ({err}): the run cannot be rebuilt or resumed without it; refit into a new "
+                         "folder.") from err
 
 
 def _load_trainable(grounder: Grounder, weights: Path) -> None:
     """Load a checkpoint's weights (all but SAM's frozen image encoder) into `grounder`."""
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing: the fit did not finish an epoch; rerun it with --resume.")
+    way_out = "Load one of the epoch checkpoints next to it (epoch_NNN.safetensors), or refit."
     try:
         state = load_file(str(weights))
+        with safe_open(str(weights), "pt") as f:
+            expected = (f.metadata() or {}).get(CHECKSUM_KEY)
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{weights} cannot be read ({err}): the file is damaged. Load one of the epoch checkpoints "
-                         "next to it (epoch_NNN.safetensors), or refit.") from err
+        raise ValueError(f"{weights} cannot be read ({err}): the file is damaged. {way_out}") from err
+    if expected is not None and tensor_digest(state) != expected:
+        raise ValueError(f"{weights} is damaged: its tensors' sha256 is not the one saved with them. {way_out}")
     missing, unexpected = grounder.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(_FROZEN_PREFIX)]
     if missing or unexpected:
@@ -612,7 +663,7 @@ def load_grounder(path: str | Path, sam: Sam | None = None, device: str | torch.
     spec_path = weights.parent / CONFIG_FILE
     if not spec_path.exists():
         raise FileNotFoundError(f"No {CONFIG_FILE} next to {weights}; pass a run folder written by fit().")
-    spec = json.loads(spec_path.read_text())
+    spec = _read_spec(spec_path)
     if spec.get("format") != FORMAT_VERSION:
         raise ValueError(f"{spec_path} has format {spec.get('format')}; this code reads {FORMAT_VERSION}.")
     config = FitConfig(**spec["config"])

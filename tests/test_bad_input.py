@@ -171,6 +171,71 @@ def test_loading_errors_teach(tmp_path, monkeypatch):
 
 
 
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A finished two-epoch fit (no refiner) and its store: (fit argv without --out, run folder)."""
+    root = tmp_path_factory.mktemp("fitted")
+    data = "shapes:train:2:caption"
+    assert main(["record", "--data", data, "--store", str(root / "store")]) == 0
+    argv = ["fit", "--store", str(root / "store"), "--data", data, "--epochs", "2", "--no-refiner", "--base-channels", "8",
+            "--long-side", "16"]
+    assert main(argv + ["--out", str(root / "fit")]) == 0
+    return argv, root / "fit"
+
+
+def _flip(path, offset=-5):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# (file, fault, what reads it: "load" or "resume", the error, its message)
+FIT_FAULTS = [
+    ("grounder.safetensors", "flip", "load", ValueError, "grounder.safetensors is damaged.*epoch checkpoints"),
+    ("grounder.safetensors", "truncate", "load", ValueError, "grounder.safetensors cannot be read"),
+    ("grounder.safetensors", "delete", "load", FileNotFoundError, "grounder.safetensors is missing"),
+    ("epoch_002.safetensors", "flip", "resume", ValueError, "epoch_002.safetensors is damaged"),
+    ("train_state_002.pt", "flip", "resume", ValueError, "train_state_002.pt is damaged.*fit into a new folder"),
+    ("train_state_002.pt", "truncate", "resume", ValueError, "train_state_002.pt is damaged"),
+    ("train_state_002.pt", "delete", "resume", FileNotFoundError, "train_state_002.pt is missing.*still load"),
+    ("grounder.json", "truncate", "load", ValueError, "grounder.json is damaged"),
+    ("grounder.json", "truncate", "resume", ValueError, "grounder.json is damaged"),
+    ("log.jsonl", "truncate", "resume", ValueError, "log.jsonl has .* fewer than"),
+    ("log.jsonl", "flip", "resume", ValueError, "log.jsonl is damaged"),
+    ("log.jsonl", "digit", "resume", ValueError, "log.jsonl is damaged.*not the ones its checkpoint recorded"),
+]
+
+
+@pytest.mark.parametrize("name,fault,reader,error,message", FIT_FAULTS)
+def test_fit_faults_are_named_and_every_good_file_still_serves(fitted, tmp_path, name, fault, reader, error, message):
+    import shutil
+
+    from flmm_probe.fit import load_grounder
+
+    argv, original = fitted
+    run = tmp_path / "fit"
+    shutil.copytree(original, run)
+    path = run / name
+    if fault == "flip":
+        _flip(path, -3 if name == "log.jsonl" else -5)  # log.jsonl: inside the last line's JSON, before "}\n"
+    elif fault == "digit":  # still valid JSON: a changed number
+        text = path.read_text()
+        at = text.rindex('"loss": ') + len('"loss": ')
+        path.write_text(text[:at] + ("1" if text[at] != "1" else "2") + text[at + 1:])
+    elif fault == "truncate":
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    else:
+        path.unlink()
+    with pytest.raises(error, match=message):
+        if reader == "load":
+            load_grounder(run)
+        else:
+            main(argv + ["--out", str(run), "--resume"])
+    # Files the fault did not touch still serve: an intact epoch checkpoint loads next to an intact grounder.json.
+    if name != "grounder.json":
+        load_grounder(run / ("epoch_001.safetensors" if name == "epoch_002.safetensors" else "epoch_002.safetensors"))
+
+
 def test_damaged_or_missing_fit_weights_are_named(tmp_path):
     from flmm_probe.fit import load_grounder
 
