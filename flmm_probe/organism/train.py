@@ -155,8 +155,9 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     one from the variant's defaults). ``rank_target``: vision pretraining also tells each object patch its
     owner's left-to-right rank (``vision.RANK``). ``autocast``: "bfloat16" runs the LLaVA stage's forward
     pass under bfloat16 autocast, "float32" without.
-    ``threads``: asked before each LLaVA step, the torch CPU threads to step with (``main`` hands a finished
-    job's threads to the jobs still running); the stage's steps compute the same bits on one thread or two.
+    ``threads``: asked before each LLaVA step, the torch CPU threads to step with (``main --share-threads`` hands
+    a finished job's threads to the jobs still running); a change of thread count is recorded in
+    ``threads_from_step``, as the steps compute the same bits on one thread and on two on some machines only.
     ``None`` (steps, lr, seed, recipe, rank_target): the variant's default.
     """
     cfg = VARIANTS[variant]
@@ -296,7 +297,8 @@ def _job(name: str, args: argparse.Namespace) -> Path:
         if name == "sam":  # SAM's arithmetic does depend on the thread count: it keeps its own
             return train_sam(args.out, args.sam_steps, args.sam_batch, SAM_LR, SEED["sam"] if args.seed is None else args.seed,
                              args.sam_init)
-        threads = None if _unfinished is None else lambda: shared_threads(args.threads, args.jobs, _unfinished.value)
+        threads = None if _unfinished is None or not args.share_threads else \
+            lambda: shared_threads(args.threads, args.jobs, _unfinished.value)
         recipe = text_recipe(name, **{f.name: getattr(args, f.name) for f in fields(TextRecipe)})
         return train_lmm(name, args.out, args.steps, args.batch, args.lr, args.seed, args.checkpoints, args.vision_steps,
                          args.init, args.vision_lr_scale, args.device, recipe, args.rank_target, args.autocast, threads)
@@ -358,9 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoints", type=int, default=CHECKPOINTS, help="evenly spaced LMM checkpoints")
     p.add_argument("--jobs", type=int, default=2,
                    help="models trained at once, one process each (small, coarse, sam are independent)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads per process; once a process has nothing left to train, the LMMs still in "
-                        "their LLaVA stage share out its threads (their steps compute the same bits on one thread or two)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    p.add_argument("--share-threads", action="store_true",
+                   help="once a process has nothing left to train, the LMMs still in their LLaVA stage share out its "
+                        "threads: faster, but the weights then reproduce bit for bit only where a step computes the same "
+                        "bits on one thread and on two (python benchmarks/thread_exactness.py says whether it does here)")
     p.add_argument("--grounded-expressions", action=argparse.BooleanOptionalAction, default=None,
                    help="follow each training referring expression with its referent's colour and size words that it "
                         "does not say, so that its own tokens must find the referent ("
@@ -420,9 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # Separate processes rather than threads: on a few cores, one single-threaded process per model
     # trains faster than one model at a time on all cores (small tensors scale poorly across threads: a
-    # `small` step took 0.71 s on one thread, 0.43 s on two, on this project's 2-core machine). Once a
-    # job ends with none left to start, its threads go to the LMMs still in their LLaVA stage, whose
-    # steps compute the same bits on one thread or two (tests/test_organism.py).
+    # `small` step took 0.71 s on one thread, 0.43 s on two, on this project's 2-core machine). With
+    # --share-threads, once a job ends with none left to start, its threads go to the LMMs still in their
+    # LLaVA stage (when each job ends depends on the machine's load: off by default, so that the default
+    # command's thread schedule, and so its bits, are fixed).
     # SIGTERM becomes SystemExit so that leaving the `with` block terminates the workers too.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     context = multiprocessing.get_context("spawn")
