@@ -570,7 +570,8 @@ def test_llava_stage_takes_the_threads_it_is_given(tmp_path):
     assert json.loads((final / "training.json").read_text())["threads_from_step"] == {"0": 2}
 
 
-def test_a_job_takes_the_threads_of_finished_jobs(tmp_path):
+@pytest.mark.parametrize("share", [True, False])
+def test_a_job_takes_the_threads_of_finished_jobs_only_when_told(tmp_path, share):
     # What a pool worker of `main` sees once the other job has ended: one unfinished job (this one) of two.
     # The in-process path runs the same `_job`, so the worker's wiring is exercised here deterministically.
     unfinished = multiprocessing.get_context("spawn").Value("i", 1)
@@ -578,11 +579,13 @@ def test_a_job_takes_the_threads_of_finished_jobs(tmp_path):
     train._worker_init(unfinished)
     try:
         assert main(["--out", str(tmp_path), "--variants", "small", "--steps", "2", "--batch", "2", "--checkpoints", "1",
-                     "--vision-steps", "1", "--sam-steps", "0", "--jobs", "2", "--threads", "1"]) == 0
+                     "--vision-steps", "1", "--sam-steps", "0", "--jobs", "2", "--threads", "1"]
+                    + (["--share-threads"] if share else [])) == 0
     finally:
         train._worker_init(None)
         torch.set_num_threads(before)
-    assert json.loads((tmp_path / "small" / "final" / "training.json").read_text())["threads_from_step"] == {"0": 2}
+    taken = json.loads((tmp_path / "small" / "final" / "training.json").read_text())["threads_from_step"]
+    assert taken == ({"0": 2} if share else {})
     assert unfinished.value == 0, "a finished job counts itself out"
 
 
