@@ -24,8 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from flmm_probe.data.shapes import make_scene
+from flmm_probe.decoder.objective import lr_factor, mask_loss
 from flmm_probe.decoder.unet import MaskDecoder, UNetConfig, resize_logits
-from flmm_probe.fit import lr_factor, mask_loss
 from flmm_probe.metrics import intersection_union, mask_to_grid, res_scores
 
 

@@ -46,20 +46,9 @@ from flmm_probe.data.samples import GroundingDataset, GroundingSample
 from flmm_probe.data.sources import ShapesGrounding
 from flmm_probe.decoder.refiner import SamRefiner, load_sam
 from flmm_probe.evaluate import evaluate
-from flmm_probe.fit import (
-    FitConfig,
-    GroundingInput,
-    _epoch_batches,
-    _Phrases,
-    _Reader,
-    build_grounder,
-    fit,
-    iter_log,
-    load_grounder,
-    lr_factor,
-    record_channels,
-    train_step,
-)
+from flmm_probe.decoder.grounder import GroundingInput, build_grounder, load_grounder, record_channels
+from flmm_probe.decoder.objective import lr_factor
+from flmm_probe.fit import FitConfig, _epoch_batches, _Phrases, _Reader, fit, iter_log, train_step
 from flmm_probe.recording import embed_images, image_key, record_dataset
 from flmm_probe.store import Store
 

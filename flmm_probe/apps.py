@@ -32,7 +32,7 @@ from scipy import ndimage
 from .backbones import Backbone
 from .data.shapes import COLOURS, NUMBERS, PLURALS, SHAPES, SIZES
 from .evaluate import segment
-from .fit import Grounder
+from .decoder import Grounder
 from .images import ImageLike, to_rgb
 from .phrases import PhraseLike, Span, resolve_spans
 

@@ -154,7 +154,7 @@ def _sam(spec: str):
 
 def _grounder(args: argparse.Namespace):
     """The fitted grounder of --run, with --sam's image encoder unless --no-refiner, on --device."""
-    from .fit import load_grounder
+    from .decoder import load_grounder
 
     return load_grounder(args.run, None if args.no_refiner else _sam(args.sam), device=args.device)
 

@@ -40,7 +40,8 @@ from .data.samples import GroundingDataset
 from .data.shapes import ShapesDataset
 from .data.sources import ShapesGrounding
 from .evaluate import evaluate, overlay, segment
-from .fit import FitConfig, Grounder, fit, load_grounder
+from .decoder import Grounder, load_grounder
+from .fit import FitConfig, fit
 from .grounded_tasks import evaluate_cot, evaluate_gcg, evaluate_reasoning
 from .organism import load_organism, load_organism_sam
 from .recording import record_dataset

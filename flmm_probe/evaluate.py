@@ -25,7 +25,7 @@ from .backbones import Backbone
 from .backbones.base import ImageLike, load_image
 from .cache import EmbeddingCache
 from .data.samples import GroundingDataset, GroundingSample, stored_samples
-from .fit import Grounder
+from .decoder import Grounder
 from .metrics import average_recall, intersection_union, res_scores
 from .phrases import PhraseLike
 from .recording import image_key

@@ -3,7 +3,7 @@
     store = Store.open("runs/store")                       # recorded once with record_dataset
     cache = EmbeddingCache("runs/sam_cache")               # filled here with embed_images if it lacks images
     run = fit(store, open_dataset("shapes:train:2000:mix"), sam, FitConfig(epochs=8), "runs/fit", cache)
-    grounder = load_grounder(run, sam)                     # rebuilt from run/grounder.json in one call
+    grounder = load_grounder(run, sam)                     # decoder.load_grounder: rebuilt from run/grounder.json
 
 What one step reads: for `batch_size` phrases, their attention maps and hidden states (Store.read), the
 frozen SAM image embedding of their images (EmbeddingCache.get) and their ground-truth masks
@@ -11,7 +11,7 @@ frozen SAM image embedding of their images (EmbeddingCache.get) and their ground
 projection; SAM's image encoder is frozen and its embeddings are cached, so it never runs in the loop.
 
 Files written to `run_dir`:
-    grounder.json                   FitConfig + the shapes needed to rebuild the Grounder (load_grounder)
+    grounder.json                   FitConfig + the shapes needed to rebuild the Grounder (decoder.grounder)
     grounder.safetensors            trainable weights after the last epoch (no SAM image encoder)
     epoch_001.safetensors ...       the same after each epoch
     train_state_NNN.pt              AdamW and schedule state after the last finished epoch, NNN (fit(resume=True))
@@ -27,24 +27,20 @@ wrapping around, as DistributedSampler does), so `batch_size` is per process.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from segment_anything.modeling import Sam
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -52,25 +48,23 @@ from tqdm.auto import tqdm
 
 from .cache import EmbeddingCache
 from .data.samples import GroundingDataset
+from .decoder.grounder import (CHECKSUM_KEY, CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, Grounder, GrounderConfig, GroundingInput,
+                               build_grounder, load_trainable, read_spec, record_channels, sam_shapes, tensor_digest)
+from .decoder.objective import lr_factor, mask_loss
 from .decoder.refiner import SamRefiner
-from .decoder.unet import MaskDecoder, UNetConfig, resize_logits
-from .record import AttentionRecord
 from .recording import embed_images, image_key
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MAP_KINDS = ("stacked", "fused")
-CONFIG_FILE, WEIGHTS_FILE, LOG_FILE = "grounder.json", "grounder.safetensors", "log.jsonl"
-CHECKSUM_KEY = "flmm_probe.sha256"  # safetensors metadata: the sha256 of the file's tensors (tensor_digest)
+LOG_FILE = "log.jsonl"
 STATE_FILE = "train_state_{:03d}.pt"
-_FROZEN_PREFIX = "refiner.sam.image_encoder."  # never saved: it is the user's SAM, unchanged
 
 
 @dataclass
-class FitConfig:
-    """Everything that decides a fit. Defaults are the paper's recipe (docs/design.md steps 4-6).
+class FitConfig(GrounderConfig):
+    """Everything that decides a fit: the grounder's architecture (`GrounderConfig`'s fields) and the training
+    recipe. Defaults are the paper's recipe (docs/design.md steps 4-6).
 
     Loss, on the coarse (U-Net) and on the refined (SAM) mask each: bce_weight * BCE(sigmoid, mean over
     pixels) + dice_weight * naive Dice (eps dice_eps), both at the original image size.
@@ -78,13 +72,7 @@ class FitConfig:
     rate rises linearly over the first warmup_ratio of the steps, then follows a cosine down to 0.
     batch_size: phrases per optimiser step (per process). The epoch's order shuffles samples and keeps
         each sample's phrases together, as the reference batches all phrases of one text.
-    maps: "stacked" (every view kind's (layer, head) maps as channels, AttentionRecord.stacked) or
-        "fused" (kinds averaged first, AttentionRecord.fused: layer * head channels).
-    pooling: how the store merged a phrase's tokens ("mean" | "max" | "last"); checked against the store, and used
-        by `segment` to record new images the same way.
-    use_refiner: train the SAM refiner (else only the U-Net; refined masks are then None).
-    use_text, use_box, use_mask: the refiner's prompts (docs/design.md step 5).
-    base_channels, stages, convs_per_stage, long_side: the U-Net (decoder.unet.UNetConfig).
+    seed: the grounder's initialisation and the epochs' order.
     device: None picks cuda (this process's LOCAL_RANK under torchrun) when available, else cpu.
     """
 
@@ -99,171 +87,11 @@ class FitConfig:
     dice_weight: float = 1.0
     dice_eps: float = 1.0
     seed: int = 0
-    maps: str = "stacked"
-    pooling: str = "mean"
-    use_refiner: bool = True
-    use_text: bool = True
-    use_box: bool = True
-    use_mask: bool = True
-    base_channels: int = 64
-    stages: int = 4
-    convs_per_stage: int = 2
-    long_side: int = 64
-    log_maps: bool = False
     device: str | None = None
 
     def __post_init__(self) -> None:
-        if self.maps not in MAP_KINDS:
-            raise ValueError(f"Unknown maps {self.maps!r}; choose one of {MAP_KINDS}.")
+        super().__post_init__()
         self.betas = tuple(self.betas)  # JSON gives a list back
-
-    def unet(self, in_channels: int) -> UNetConfig:
-        return UNetConfig(in_channels, self.base_channels, self.stages, self.convs_per_stage, self.long_side,
-                          self.log_maps)
-
-
-@dataclass
-class GroundingInput:
-    """One image and n of its phrases, what `Grounder.forward` takes.
-
-    maps: (n, C, y, x) attention maps as channels over the whole original image (Grounder.channels).
-    image_size: (H, W) of the original image, pixels.
-    hidden: n tensors (tokens, layers, dim), the phrases' hidden states; None without text prompts.
-    embedding: (C', h', w') frozen SAM image embedding (SamRefiner.embed); None without the refiner.
-    input_size: (h, w) SAM input frame of the image, as SamRefiner.embed returns it.
-    """
-
-    maps: torch.Tensor
-    image_size: tuple[int, int]
-    hidden: list[torch.Tensor] | None = None
-    embedding: torch.Tensor | None = None
-    input_size: tuple[int, int] | None = None
-
-
-class Grounder(nn.Module):
-    """Attention maps (+ SAM image embedding and phrase hidden states) -> mask logits.
-
-    decoder: the U-Net (trained). refiner: a SamRefiner (prompt encoder, mask decoder and text
-    projection trained, image encoder frozen), or None for coarse masks only.
-    maps, pooling: as in FitConfig; they say how records become decoder inputs.
-    """
-
-    def __init__(self, decoder: MaskDecoder, refiner: SamRefiner | None, maps: str = "stacked", pooling: str = "mean",
-                 kinds: Sequence[str] | None = None) -> None:
-        super().__init__()
-        self.decoder = decoder
-        self.refiner = refiner
-        self.maps, self.pooling, self.kinds = maps, pooling, kinds
-
-    @property
-    def device(self) -> torch.device:
-        return self.decoder.head.weight.device
-
-    def channels(self, record: AttentionRecord) -> torch.Tensor:
-        """(phrase, C, y, x) float32 decoder input of a record (see `record_channels`)."""
-        return record_channels(record, self.maps, self.kinds)
-
-    def coarse(self, maps: torch.Tensor) -> torch.Tensor:
-        """(n, C, y, x) maps -> (n, Y', X') coarse logits at the decoder's map grid (covering the whole image)."""
-        return self.decoder(maps.to(self.device))
-
-    def forward(self, images: list[GroundingInput]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Per image: (coarse (n, H, W), refined (n, H, W) or None) logits at the original image size.
-
-        All images go through one call so that DistributedDataParallel sees one forward per step.
-        """
-        out = []
-        for item in images:
-            grid = self.coarse(item.maps)  # (n, Y', X')
-            coarse = resize_logits(grid, item.image_size)  # (n, H, W)
-            refined = None
-            if self.refiner is not None:
-                if item.embedding is None or item.input_size is None:
-                    raise ValueError("This Grounder has a SAM refiner: pass the image's embedding and input_size.")
-                refined = self.refiner.forward_embedding(
-                    item.embedding, item.input_size, item.image_size, grid, item.hidden if self.refiner.use_text else None
-                )
-            out.append((coarse, refined))
-        return out
-
-    def ground(
-        self,
-        record: AttentionRecord,
-        embedding: torch.Tensor | None = None,
-        input_size: tuple[int, int] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A record (all its phrases) + its image's SAM embedding (C', h', w') -> (coarse, refined) logits,
-        each (phrase, H, W) at the original image size; refined is None without a refiner."""
-        hidden = record.hidden if self.refiner is not None and self.refiner.use_text else None
-        if hidden is not None and not hidden:
-            raise ValueError("The refiner uses text prompts but the record has no hidden states; record with hidden_states=True.")
-        return self([GroundingInput(self.channels(record), tuple(record.image_size), hidden, embedding, input_size)])[0]
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The weights a checkpoint holds: everything but SAM's frozen image encoder."""
-        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith(_FROZEN_PREFIX)}
-
-
-def record_channels(record: AttentionRecord, maps: str = "stacked", kinds: Sequence[str] | None = None) -> torch.Tensor:
-    """(phrase, C, y, x) float32: a record's maps as decoder channels, "stacked" (kind * layer * head, for each of
-    ``kinds`` in that order, zeros for a kind the record lacks; default the record's own) or "fused" (layer *
-    head, kinds averaged), at the finest kind's grid."""
-    if maps == "stacked":
-        return record.stacked(kinds=kinds)
-    if maps == "fused":
-        return record.fused().flatten(1, 2)
-    raise ValueError(f"Unknown maps {maps!r}; choose one of {MAP_KINDS}.")
-
-
-def _own_sam(sam: Sam) -> Sam:
-    """A Sam that shares `sam`'s frozen image encoder but trains its own copies of the prompt encoder and
-    mask decoder, so that fitting never changes the caller's SAM and two fits start from the same weights."""
-    own = Sam(
-        image_encoder=sam.image_encoder,
-        prompt_encoder=copy.deepcopy(sam.prompt_encoder),
-        mask_decoder=copy.deepcopy(sam.mask_decoder),
-        pixel_mean=sam.pixel_mean.flatten().tolist(),
-        pixel_std=sam.pixel_std.flatten().tolist(),
-    )
-    own.image_format = sam.image_format
-    return own
-
-
-def build_grounder(config: FitConfig, in_channels: int, sam: Sam | None, text_dim: int | None = None,
-                   text_layers: int | None = None, kinds: Sequence[str] | None = None) -> Grounder:
-    """A freshly initialised Grounder (seeded by config.seed) for maps with `in_channels` channels.
-
-    text_dim, text_layers: the LMM's hidden size and hidden-state layers per token (needed with use_text).
-    kinds: the stacked maps' view kinds in channel order (``record_channels``).
-    """
-    torch.manual_seed(config.seed)
-    decoder = MaskDecoder(config.unet(in_channels))
-    refiner = None
-    if config.use_refiner:
-        if sam is None:
-            raise ValueError("config.use_refiner is set: pass the SAM whose prompt encoder and mask decoder to train.")
-        refiner = SamRefiner(_own_sam(sam), config.use_text, config.use_box, config.use_mask, text_dim, text_layers)
-    return Grounder(decoder, refiner, config.maps, config.pooling, kinds)
-
-
-def mask_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, H, W) logits and {0, 1} targets -> per-mask (BCE mean over pixels (n,), naive Dice loss (n,)).
-
-    Naive Dice (mmdet's naive_dice): 1 - (2 sum(p t) + eps) / (sum(p) + sum(t) + eps), p = sigmoid(logits).
-    """
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
-    p, t = logits.sigmoid().flatten(1), target.flatten(1)
-    dice = 1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)
-    return bce, dice
-
-
-def lr_factor(step: int, total: int, warmup_ratio: float) -> float:
-    """Multiplier of the base learning rate at `step` (0-based) of `total`: linear warmup, then cosine to 0."""
-    warmup = int(warmup_ratio * total)
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -396,16 +224,6 @@ def _fill_cache(sam: Sam, dataset: GroundingDataset, cache: EmbeddingCache, phra
                          "embed_images skips bad samples: check the dataset's bad-sample log.")
 
 
-def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 of the tensors' names, dtypes, shapes and bytes, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -451,7 +269,7 @@ def fit(
         _fill_cache(sam, dataset, cache, phrases, rank, world, progress)
 
     grounder = build_grounder(config, shapes["in_channels"], sam, shapes["text_dim"], shapes["text_layers"],
-                              shapes["kinds"]).to(device)
+                              shapes["kinds"], seed=config.seed).to(device)
     grounder.train()
     trainable = [p for p in grounder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
@@ -461,7 +279,7 @@ def fit(
     reader = _Reader(grounder, store, dataset, phrases, cache)
 
     spec = {"format": FORMAT_VERSION, "config": asdict(config), **shapes,
-            "sam": _sam_shapes(sam) if config.use_refiner else None,
+            "sam": sam_shapes(sam) if config.use_refiner else None,
             "store": str(store.root), "store_config": store.config,
             "samples": len(phrases.sample_ids), "phrases": sum(phrases.n_phrases.values()),
             "world_size": world, "steps": total, "epochs_done": 0}
@@ -532,11 +350,6 @@ def _loss_parts(outputs: list[tuple[torch.Tensor, torch.Tensor | None]], targets
     return {k: torch.cat(v).mean() for k, v in sums.items()}
 
 
-def _sam_shapes(sam: Sam) -> dict[str, Any]:
-    return {"img_size": sam.image_encoder.img_size, "embed_dim": sam.prompt_encoder.embed_dim,
-            "mask_input_size": list(sam.prompt_encoder.mask_input_size)}
-
-
 def _write_checkpoint(grounder: Grounder, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                       spec: dict[str, Any], run_dir: Path, epoch: int) -> None:
     """The epoch's weights and training state, the run's weights, then grounder.json: replacing it commits
@@ -564,7 +377,7 @@ def _resume(run_dir: Path, spec: dict[str, Any], grounder: Grounder, optimizer: 
     returns the number of epochs done (0 if the fit had not finished one)."""
     if not (run_dir / CONFIG_FILE).exists():
         return 0
-    saved = _read_spec(run_dir / CONFIG_FILE)
+    saved = read_spec(run_dir / CONFIG_FILE)
     differs = sorted(k for k in set(spec) | set(saved) if k not in ("epochs_done", "train_state_sha256", "log_sha256")
                      and _comparable(spec.get(k), k) != _comparable(saved.get(k), k))
     if differs:
@@ -580,7 +393,7 @@ def _resume(run_dir: Path, spec: dict[str, Any], grounder: Grounder, optimizer: 
         raise ValueError(f"{state_path} is damaged (its sha256 is not the one {CONFIG_FILE} recorded): the fit cannot be "
                          f"continued exactly. Its weights ({WEIGHTS_FILE}) still load; to train further, fit into a new folder.")
     state = torch.load(state_path, weights_only=True)
-    _load_trainable(grounder, run_dir / f"epoch_{done:03d}.safetensors")
+    load_trainable(grounder, run_dir / f"epoch_{done:03d}.safetensors")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     spec["epochs_done"] = done
@@ -622,60 +435,6 @@ def _keep_log(run_dir: Path, steps: int, sha256: str | None = None) -> float:
     tmp.write_text("".join(lines))
     os.replace(tmp, path)
     return elapsed
-
-
-def _read_spec(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is damaged ({err}): the run cannot be rebuilt or resumed without it; refit into a new "
-                         "folder.") from err
-
-
-def _load_trainable(grounder: Grounder, weights: Path) -> None:
-    """Load a checkpoint's weights (all but SAM's frozen image encoder) into `grounder`."""
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} is missing: the fit did not finish an epoch; rerun it with --resume.")
-    way_out = "Load one of the epoch checkpoints next to it (epoch_NNN.safetensors), or refit."
-    try:
-        state = load_file(str(weights))
-        with safe_open(str(weights), "pt") as f:
-            expected = (f.metadata() or {}).get(CHECKSUM_KEY)
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{weights} cannot be read ({err}): the file is damaged. {way_out}") from err
-    if expected is not None and tensor_digest(state) != expected:
-        raise ValueError(f"{weights} is damaged: its tensors' sha256 is not the one saved with them. {way_out}")
-    missing, unexpected = grounder.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(_FROZEN_PREFIX)]
-    if missing or unexpected:
-        raise ValueError(f"{weights} does not match its {CONFIG_FILE}: missing {missing[:5]}, unexpected {unexpected[:5]}.")
-
-
-def load_grounder(path: str | Path, sam: Sam | None = None, device: str | torch.device = "cpu") -> Grounder:
-    """Rebuild a fitted Grounder in eval mode from a run folder (its last weights) or one checkpoint file
-    (epoch_NNN.safetensors, next to its grounder.json).
-
-    sam: the SAM the run was fitted with (its frozen image encoder is used as is; the checkpoint holds
-    the trained prompt encoder and mask decoder). Needed when the run used the refiner.
-    """
-    path = Path(path)
-    weights = path / WEIGHTS_FILE if path.is_dir() else path
-    spec_path = weights.parent / CONFIG_FILE
-    if not spec_path.exists():
-        raise FileNotFoundError(f"No {CONFIG_FILE} next to {weights}; pass a run folder written by fit().")
-    spec = _read_spec(spec_path)
-    if spec.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{spec_path} has format {spec.get('format')}; this code reads {FORMAT_VERSION}.")
-    config = FitConfig(**spec["config"])
-    if config.use_refiner:
-        if sam is None:
-            raise ValueError(f"The run at {weights.parent} used the SAM refiner: pass the SAM it was fitted with.")
-        if _sam_shapes(sam) != spec["sam"]:
-            raise ValueError(f"This SAM has shapes {_sam_shapes(sam)}, the run was fitted with {spec['sam']}.")
-    # Runs fitted before the channel layout was saved stack each record's own kinds.
-    grounder = build_grounder(config, spec["in_channels"], sam, spec["text_dim"], spec["text_layers"], spec.get("kinds"))
-    _load_trainable(grounder, weights)
-    return grounder.to(device).eval()
 
 
 def iter_log(run_dir: str | Path) -> Iterator[dict[str, Any]]:

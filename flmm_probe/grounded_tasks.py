@@ -45,7 +45,7 @@ from .apps import GroundedAnswer, PhraseSource, chain_of_thought, crop_box, gene
 from .backbones import Backbone
 from .data.reasonseg import ReasonSegSample, iou_ignoring
 from .data.shapes import COLOURS, DESCRIBE, IMAGE_SIZE, PLURALS, QA, SHAPES, SIZES, Obj, Scene, reasoning_questions
-from .fit import Grounder
+from .decoder import Grounder
 from .metrics import intersection_union
 from .organism.evaluate import caption_hits
 

@@ -1,13 +1,13 @@
 """Grounded answers: generation untouched, then every phrase of the answer grounded."""
 
-import numpy as np
 import pytest
 import torch
 
 from flmm_probe import load_backbone
 from flmm_probe.apps import generate, ground_answer, shapes_phrases
 from flmm_probe.data.shapes import DESCRIBE, make_scene
-from flmm_probe.fit import FitConfig, build_grounder
+from flmm_probe.decoder import build_grounder
+from flmm_probe.fit import FitConfig
 from flmm_probe.organism import load_organism, load_organism_sam
 
 from checks import parameter_hash

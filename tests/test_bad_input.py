@@ -210,7 +210,7 @@ FIT_FAULTS = [
 def test_fit_faults_are_named_and_every_good_file_still_serves(fitted, tmp_path, name, fault, reader, error, message):
     import shutil
 
-    from flmm_probe.fit import load_grounder
+    from flmm_probe.decoder import load_grounder
 
     argv, original = fitted
     run = tmp_path / "fit"
@@ -237,7 +237,7 @@ def test_fit_faults_are_named_and_every_good_file_still_serves(fitted, tmp_path,
 
 
 def test_damaged_or_missing_fit_weights_are_named(tmp_path):
-    from flmm_probe.fit import load_grounder
+    from flmm_probe.decoder import load_grounder
 
     data, run = "shapes:train:2:caption", tmp_path / "fit"
     assert main(["record", "--data", data, "--store", str(tmp_path / "store")]) == 0

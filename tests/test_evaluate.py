@@ -11,7 +11,8 @@ from flmm_probe import load_backbone
 from flmm_probe.data.samples import IncompleteStoreError
 from flmm_probe.data.sources import ShapesGrounding
 from flmm_probe.evaluate import PALETTE, evaluate, format_table, overlay, segment, summarize
-from flmm_probe.fit import FitConfig, build_grounder
+from flmm_probe.decoder import build_grounder
+from flmm_probe.fit import FitConfig
 from flmm_probe.organism.build import SamConfig, build_sam
 from flmm_probe.recording import record_dataset
 from flmm_probe.store import Store

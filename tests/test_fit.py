@@ -13,7 +13,9 @@ from flmm_probe import fit as fit_module
 from flmm_probe import load_backbone
 from flmm_probe.cache import EmbeddingCache
 from flmm_probe.data.sources import ShapesGrounding
-from flmm_probe.fit import FitConfig, build_grounder, iter_log, load_grounder, lr_factor, mask_loss
+from flmm_probe.decoder import build_grounder, load_grounder
+from flmm_probe.decoder.objective import lr_factor, mask_loss
+from flmm_probe.fit import FitConfig, iter_log
 from flmm_probe.fit import fit as fit_grounder
 from flmm_probe.organism.build import SamConfig, build_sam
 from flmm_probe.recording import record_dataset

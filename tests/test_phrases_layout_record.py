@@ -114,7 +114,8 @@ def test_stacked_channels_keep_their_layout_when_a_view_is_absent():
 def test_a_fit_stacks_the_stores_view_kinds_for_every_record(tmp_path):
     from store_child import HEADS, LAYERS, record_job, sample_id
 
-    from flmm_probe.fit import FitConfig, build_grounder
+    from flmm_probe.decoder import build_grounder
+    from flmm_probe.fit import FitConfig
 
     store = record_job(tmp_path / "store", list(range(4)))
     assert store.map_kinds() == ["global", "tiles"]
