@@ -49,7 +49,7 @@ from flmm_probe.evaluate import evaluate
 from flmm_probe.decoder.grounder import GroundingInput, build_grounder, load_grounder, record_channels
 from flmm_probe.decoder.objective import lr_factor
 from flmm_probe.fit import FitConfig, _epoch_batches, _Phrases, _Reader, fit, iter_log, train_step
-from flmm_probe.recording import embed_images, image_key, record_dataset
+from flmm_probe.record_job import record_dataset
 from flmm_probe.store import Store
 
 log = logging.getLogger("fit_speed")
@@ -264,12 +264,12 @@ def main(argv: list[str] | None = None) -> dict:
         result["once_record_s"] = time.perf_counter() - start
         cache = EmbeddingCache(tmp / "cache")
         start = time.perf_counter()
-        result["once_embedded_images"] = embed_images(SamRefiner(sam, use_text=False), dataset, cache, progress=False)
+        result["once_embedded_images"] = cache.fill(SamRefiner(sam, use_text=False), dataset, progress=False)
         result["once_embed_s"] = time.perf_counter() - start
         phrases = _Phrases(sorted(s.sample_id for s in dataset),
                            {dataset[i].sample_id: i for i in range(len(dataset))},
                            {s.sample_id: len(s.phrases) for s in dataset},
-                           {s.sample_id: image_key(s) for s in dataset})
+                           {s.sample_id: s.image_key for s in dataset})
         record = store.read(phrases.sample_ids[0])
         shapes = {"in_channels": record_channels(record).shape[1], "text_layers": record.hidden[0].shape[1],
                   "text_dim": record.hidden[0].shape[2]}

@@ -1,7 +1,7 @@
-"""On-disk cache of SAM image embeddings, computed once per image by the frozen encoder.
+"""On-disk cache of SAM image embeddings, computed once per image by the frozen encoder (`fill`).
 
-Same files and guarantees as the Store (flmm_probe.store): rank/sequence-named safetensors shards,
-each followed by an atomically written manifest fragment, sha256 checked before use. Embeddings are
+Same files and guarantees as the Store, from the same ShardSet (flmm_probe/shards.py): rank/sequence-named
+safetensors shards, each followed by an atomically written manifest fragment, sha256 checked before use. Embeddings are
 kept in the dtype they were put in.
 """
 
@@ -13,8 +13,10 @@ from typing import Any
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
-from .store import LOCATION_COLUMNS, MAX_RANKS, ShardSet
+from .data.samples import GroundingDataset
+from .shards import LOCATION_COLUMNS, MAX_RANKS, ShardSet
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,21 @@ class EmbeddingCache:
     def consolidate(self) -> pd.DataFrame:
         """Write manifest.parquet from all fragments (sorted by image id) and return it."""
         return self.shards.consolidate(self.root / "manifest.parquet")
+
+    @torch.no_grad()
+    def fill(self, refiner, dataset: GroundingDataset, progress: bool = True) -> int:
+        """Put the frozen image embedding (``refiner.embed``, a ``SamRefiner``'s) of every image of ``dataset`` that
+        the cache lacks, keyed by the sample's ``image_key``; returns how many were computed. Resumes: a killed
+        fill rerun computes only what is missing. Closes the cache's writer at the end."""
+        computed = 0
+        with self:
+            for sample in tqdm(dataset, disable=not progress, desc="embed", unit="sample"):
+                if sample.image_key in self:
+                    continue
+                embedding, input_size, original_size = refiner.embed(sample.image())
+                self.put(sample.image_key, embedding[0], {"input_size": list(input_size), "original_size": list(original_size)})
+                computed += 1
+        return computed
 
     def __contains__(self, image_id: str) -> bool:
         return image_id in self._pending or image_id in self._index

@@ -65,7 +65,7 @@ def _record(args: argparse.Namespace) -> int:
     import os
 
     from .data.sources import open_dataset
-    from .recording import record_dataset
+    from .record_job import record_dataset
     from .store import Store
 
     backbone = _backbone(args)

@@ -44,7 +44,7 @@ from .decoder import Grounder, load_grounder
 from .fit import FitConfig, fit
 from .grounded_tasks import evaluate_cot, evaluate_gcg, evaluate_reasoning
 from .organism import load_organism, load_organism_sam
-from .recording import record_dataset
+from .record_job import record_dataset
 from analyses.report import results_markdown
 from .store import Store
 

@@ -28,7 +28,6 @@ from .data.samples import GroundingDataset, GroundingSample, stored_samples
 from .decoder import Grounder
 from .metrics import average_recall, intersection_union, res_scores
 from .phrases import PhraseLike
-from .recording import image_key
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ def _embedding(grounder: Grounder, sample: GroundingSample, cache: EmbeddingCach
     """The sample image's SAM embedding (C', h', w') and input size, from the cache or computed now."""
     if grounder.refiner is None:
         return None, None
-    key = image_key(sample)
+    key = sample.image_key
     if cache is not None and key in cache:
         return cache.get(key).float(), tuple(cache.meta(key)["input_size"])
     embedding, input_size, _ = grounder.refiner.embed(sample.image())

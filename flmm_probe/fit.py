@@ -1,7 +1,7 @@
 """Train the F-LMM heads (U-Net mask decoder + SAM refiner) from a store, never running the LMM (docs/design.md steps 4-6).
 
     store = Store.open("runs/store")                       # recorded once with record_dataset
-    cache = EmbeddingCache("runs/sam_cache")               # filled here with embed_images if it lacks images
+    cache = EmbeddingCache("runs/sam_cache")               # filled here (EmbeddingCache.fill) where it lacks images
     run = fit(store, open_dataset("shapes:train:2000:mix"), sam, FitConfig(epochs=8), "runs/fit", cache)
     grounder = load_grounder(run, sam)                     # decoder.load_grounder: rebuilt from run/grounder.json
 
@@ -52,7 +52,6 @@ from .decoder.grounder import (CHECKSUM_KEY, CONFIG_FILE, FORMAT_VERSION, WEIGHT
                                build_grounder, load_trainable, read_spec, record_channels, sam_shapes, tensor_digest)
 from .decoder.objective import lr_factor, mask_loss
 from .decoder.refiner import SamRefiner
-from .recording import embed_images, image_key
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -114,7 +113,7 @@ def _training_set(store: Store, dataset: GroundingDataset) -> _Phrases:
         raise ValueError(f"No sample of the store at {store.root} is in the dataset; record this dataset first.")
     if len(ids) < len(index):
         log.info("fit: %d dataset samples are not in the store (bad or not recorded) and are left out", len(index) - len(ids))
-    keys = {s: image_key(dataset[index[s]]) for s in ids}
+    keys = {s: dataset[index[s]].image_key for s in ids}
     return _Phrases(ids, index, {s: int(counts[s]) for s in ids}, keys)
 
 
@@ -214,14 +213,14 @@ def _fill_cache(sam: Sam, dataset: GroundingDataset, cache: EmbeddingCache, phra
     missing = {k for k in phrases.image_keys.values() if k not in cache}
     if missing and rank == 0:
         log.info("fit: embedding %d images with the frozen SAM image encoder", len(missing))
-        embed_images(SamRefiner(sam, use_text=False), dataset, cache, progress=progress)
+        cache.fill(SamRefiner(sam, use_text=False), dataset, progress=progress)
     if world > 1:
         dist.barrier()
         cache.refresh()
     still = [k for k in phrases.image_keys.values() if k not in cache]
     if still:
         raise ValueError(f"{len(still)} training images have no SAM embedding (e.g. {still[0]!r}); "
-                         "embed_images skips bad samples: check the dataset's bad-sample log.")
+                         "EmbeddingCache.fill skips bad samples: check the dataset's bad-sample log.")
 
 
 def _file_digest(path: Path) -> str:

@@ -5,7 +5,7 @@ import pandas as pd
 from analyses.run import analyze, load
 from flmm_probe import load_backbone
 from flmm_probe.data.sources import ShapesGrounding
-from flmm_probe.recording import record_dataset
+from flmm_probe.record_job import record_dataset
 from flmm_probe.store import Store
 
 from tiny import tiny_llava

@@ -15,7 +15,7 @@ from flmm_probe.data.samples import IncompleteStoreError
 from flmm_probe.data.sources import open_dataset
 from flmm_probe.images import ImageError, to_rgb
 from flmm_probe.phrases import PhraseError, resolve_spans
-from flmm_probe.recording import record_dataset
+from flmm_probe.record_job import record_dataset
 from flmm_probe.store import Store
 
 from tiny import image, tiny_llava

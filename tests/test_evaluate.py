@@ -14,7 +14,7 @@ from flmm_probe.evaluate import PALETTE, evaluate, format_table, overlay, segmen
 from flmm_probe.decoder import build_grounder
 from flmm_probe.fit import FitConfig
 from flmm_probe.organism.build import SamConfig, build_sam
-from flmm_probe.recording import record_dataset
+from flmm_probe.record_job import record_dataset
 from flmm_probe.store import Store
 
 from tiny import tiny_llava

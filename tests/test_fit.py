@@ -18,7 +18,7 @@ from flmm_probe.decoder.objective import lr_factor, mask_loss
 from flmm_probe.fit import FitConfig, iter_log
 from flmm_probe.fit import fit as fit_grounder
 from flmm_probe.organism.build import SamConfig, build_sam
-from flmm_probe.recording import record_dataset
+from flmm_probe.record_job import record_dataset
 from flmm_probe.store import Store
 
 from tiny import tiny_llava

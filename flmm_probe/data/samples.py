@@ -85,6 +85,14 @@ class GroundingSample:
     _image: Image.Image | None = field(default=None, init=False, repr=False)
 
     @property
+    def image_key(self) -> str:
+        """The id of the sample's image, shared by the samples of one image: its file path, or for generated images
+        the sample's scene (dataset/split/index)."""
+        if self.image_path is not None:
+            return str(self.image_path)
+        return f"{self.attributes['dataset']}/{self.attributes['split']}/{self.attributes['index']}"
+
+    @property
     def spans(self) -> list[tuple[int, int]]:
         """The phrases as (start, end) char spans of ``text``, the form ``flmm_probe.phrases`` takes."""
         return [(p.start, p.end) for p in self.phrases]

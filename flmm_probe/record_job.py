@@ -1,7 +1,7 @@
-"""Record a dataset into a Store, and cache SAM image embeddings, once per sample and image.
+"""Record a dataset into a Store, once per sample.
 
-Both jobs resume: samples already in the store (images already in the cache) are skipped, so a killed
-job rerun with the same arguments ends with the same store. With `world_size` > 1 each rank takes every
+The job resumes: samples already in the store are skipped, so a killed job rerun with the same arguments
+ends with the same store. With `world_size` > 1 each rank takes every
 world_size-th sample and writes its own shards (torchrun / accelerate set RANK and WORLD_SIZE).
 Bad samples (missing or unreadable image, empty mask, a phrase the tokenizer loses) are logged and
 counted in the report, and every good sample is kept.
@@ -14,11 +14,9 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import torch
 from tqdm.auto import tqdm
 
 from .backbones import Backbone
-from .cache import EmbeddingCache
 from .data.samples import GroundingDataset, GroundingSample
 from .phrases import PhraseError
 from .store import Store
@@ -108,27 +106,3 @@ def _record_robustly(backbone: Backbone, samples: list[GroundingSample], report:
         log.warning("record: skipping %s: a phrase maps to no token", samples[0].sample_id, exc_info=True)
         report.bad["phrase lost by the tokenizer"] += 1
         return []
-
-
-@torch.no_grad()
-def embed_images(refiner, dataset: GroundingDataset, cache: EmbeddingCache, progress: bool = True) -> int:
-    """Cache the frozen SAM image embedding of every image of `dataset` not yet cached; returns how many
-    were computed. Images are keyed by the sample's `image_key` (shared by samples of one image)."""
-    computed = 0
-    with cache:
-        for sample in tqdm(dataset, disable=not progress, desc="embed", unit="sample"):
-            key = image_key(sample)
-            if key in cache:
-                continue
-            embedding, input_size, original_size = refiner.embed(sample.image())
-            cache.put(key, embedding[0], {"input_size": list(input_size), "original_size": list(original_size)})
-            computed += 1
-    return computed
-
-
-def image_key(sample: GroundingSample) -> str:
-    """The id of a sample's image: its file path, or for generated images the sample's scene."""
-    if sample.image_path is not None:
-        return str(sample.image_path)
-    attributes = sample.attributes
-    return f"{attributes['dataset']}/{attributes['split']}/{attributes['index']}"

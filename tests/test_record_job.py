@@ -7,7 +7,7 @@ from tokenizers import normalizers
 from flmm_probe import load_backbone
 from flmm_probe.data.samples import GroundingDataset, GroundingSample, SamplePhrase
 from flmm_probe.data.sources import ShapesGrounding
-from flmm_probe.recording import record_dataset
+from flmm_probe.record_job import record_dataset
 from flmm_probe.store import Store
 
 from tiny import tiny_llava
