@@ -45,12 +45,11 @@ from pathlib import Path
 
 def _backbone(args: argparse.Namespace):
     """The Backbone named by --backbone: "organism[:VARIANT]" (the embedded default), a hub id or a folder."""
+    import os
+
     import torch
 
     from .backbones import load_backbone
-
-    import os
-
     from .devices import placement
 
     gpus = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
@@ -398,6 +397,9 @@ class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .decoder.grounder import MAP_KINDS
+    from .fit import FitConfig
+
     parser = argparse.ArgumentParser(
         prog="flmm-probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -488,15 +490,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run folder (a new one, or one to --resume): grounder.json, weights, log.jsonl")
     _sam_arguments(fit, device=False)
     fit.add_argument("--cache", help="SAM image-embedding cache folder (default: RUN/sam_embeddings)")
-    fit.add_argument("--epochs", type=_positive, default=8, help="passes over the stored phrases (paper: 8)")
-    fit.add_argument("--batch-size", type=_positive, default=8, help="phrases per step per process")
-    fit.add_argument("--lr", type=_positive_float, default=1e-4, help="AdamW peak learning rate (paper: 1e-4)")
-    fit.add_argument("--seed", type=int, default=0, help="seeds initialisation and data order")
-    fit.add_argument("--maps", choices=["stacked", "fused"], default="stacked", help="view kinds as channels, or averaged")
+    recipe = FitConfig()  # the defaults are the paper's recipe, stated once there
+    fit.add_argument("--epochs", type=_positive, default=recipe.epochs, help="passes over the stored phrases")
+    fit.add_argument("--batch-size", type=_positive, default=recipe.batch_size, help="phrases per step per process")
+    fit.add_argument("--lr", type=_positive_float, default=recipe.lr, help="AdamW peak learning rate")
+    fit.add_argument("--seed", type=int, default=recipe.seed, help="seeds initialisation and data order")
+    fit.add_argument("--maps", choices=list(MAP_KINDS), default=recipe.maps, help="view kinds as channels, or averaged")
     fit.add_argument("--no-text", action="store_true", help="no phrase-token prompts for the refiner")
-    fit.add_argument("--base-channels", type=_positive, default=64, help="U-Net width of its first stage (paper: 64)")
-    fit.add_argument("--long-side", type=_positive, default=64,
-                     help="U-Net input size: maps are resized to this on their long side (paper: 64)")
+    fit.add_argument("--base-channels", type=_positive, default=recipe.base_channels, help="U-Net width of its first stage")
+    fit.add_argument("--long-side", type=_positive, default=recipe.long_side,
+                     help="U-Net input size: maps are resized to this on their long side")
     fit.add_argument("--resume", action="store_true",
                      help="continue the fit in --out from its last finished epoch (pass the options it was started with)")
     fit.add_argument("--log-maps", action="store_true",
