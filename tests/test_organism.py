@@ -43,11 +43,8 @@ from flmm_probe.organism.sam import box_miou, load_sam, save_sam, saved_sam_conf
 from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, TextRecipe, conversation, encode, grounded_expression,
                                       object_listing, referring_questions, shuffled_inventory)
 from flmm_probe.organism import text, train
-from flmm_probe.organism.train import (AUTOCAST, COUNT_QUESTIONS, DESCRIPTION_MIX, GROUNDED_EXPRESSIONS, LISTING_LEADS,
-                                       LMM_STEPS, LR, OBJECT_LISTINGS, RANK_TARGET, RANKED_EXPRESSIONS, REFERRING_KINDS,
-                                       REASONING, REFERRING_QUESTIONS, RELATIONAL_EXPRESSIONS, SAM_BATCH, SAM_LR, SAM_STEPS, SEED,
-                                       SHUFFLE_INVENTORY, VISION_LR_SCALE, VISION_STEPS, main, shared_threads,
-                                       text_recipe, train_lmm)
+from flmm_probe.organism.train import (AUTOCAST, RECIPES, SAM_BATCH, SAM_LR, SAM_SEED, SAM_STEPS, VISION_LR_SCALE, main,
+                                       shared_threads, text_recipe, train_lmm)
 from flmm_probe.organism.vision import ATTRIBUTES, RANK, object_patch_accuracy, patch_labels
 
 from checks import llava_steps
@@ -516,16 +513,18 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
                   r["autocast"], r["referring_questions"], r["referring_kinds"])
               for k, r in recorded.items()}
     mix = [("caption", 0.4), ("narrative", 0.1), ("expression", 0.3), ("inventory", 0.2)]  # in DESCRIPTIONS' order
-    assert recipe == {("default", v): (LR[v], SEED[v], GROUNDED_EXPRESSIONS[v], RANKED_EXPRESSIONS[v], RELATIONAL_EXPRESSIONS[v],
-                                       RANK_TARGET[v], SHUFFLE_INVENTORY[v], OBJECT_LISTINGS[v], list(DESCRIPTION_MIX[v].items()),
-                                       COUNT_QUESTIONS[v], list(LISTING_LEADS[v]), AUTOCAST, REFERRING_QUESTIONS[v],
-                                       list(REFERRING_KINDS[v])) for v in ("coarse", "small")} | \
+    defaults = {v: (r.lr, r.seed, r.text.grounded_expressions, r.text.ranked_expressions, r.text.relational_expressions,
+                    r.rank_target, r.text.shuffle_inventory, r.text.object_listings, list(r.text.descriptions.items()),
+                    r.text.count_questions, list(r.text.listing_leads), AUTOCAST, r.text.referring_questions,
+                    list(r.text.referring_kinds)) for v, r in RECIPES.items()}
+    assert recipe == {("default", v): defaults[v] for v in ("coarse", "small")} | \
         {("given", "coarse"): (2e-4, 5, False, False, 0.5, True, True, 0.25, mix, 0.3, ["colour", "shape"], "bfloat16", 0.5,
                                ["relational", "superlative"])}
     assert "rank" in recorded["given", "coarse"]["vision_object_patch_accuracy"], "the rank head was trained and scored"
     assert main(["--out", str(tmp_path / "ranked"), "--variants", "coarse", "--ranked-expressions", *common]) == 0
     assert json.loads((tmp_path / "ranked" / "coarse" / "final" / "training.json").read_text())["ranked_expressions"] is True
-    assert all(len({d[v] for v in VARIANTS}) == 2 for d in (LR, SHUFFLE_INVENTORY, COUNT_QUESTIONS))
+    assert all(len({value(RECIPES[v]) for v in VARIANTS}) == 2 for value in
+               (lambda r: r.lr, lambda r: r.text.shuffle_inventory, lambda r: r.text.count_questions))
     environment = recorded["default", "small"]["environment"]
     assert environment["torch"] == torch.__version__ and environment["threads"] == 1  # --threads' default
 
@@ -627,23 +626,23 @@ def test_shipped_models_were_trained_with_the_defaults(variant):
     # with no options reproduces their recipe (both were trained with one thread per process, as it runs).
     # Options newer than a shipped model are missing from its training.json: it was trained without them.
     meta = json.loads((WEIGHTS_DIR / variant / "training.json").read_text())
+    recipe = RECIPES[variant]
+    conversations = recipe.text
     assert (meta["steps"], meta["lr"], meta["vision_steps"], meta["vision_lr_scale"], meta["seed"], meta["init"],
             meta.get("grounded_expressions", False), meta.get("ranked_expressions", False), meta.get("relational_expressions", 0.0),
             meta.get("rank_target", False), meta.get("shuffle_inventory", False),
             meta.get("object_listings", 0.0), meta.get("descriptions", DESCRIPTIONS), meta.get("count_questions", 0.0),
             meta.get("listing_leads", ["shape"]), meta.get("autocast", "float32"), meta.get("referring_questions", 0.0),
             meta.get("referring_kinds", ["relational"]), meta.get("reasoning", 0.0)) == \
-        (LMM_STEPS[variant], LR[variant], VISION_STEPS[variant], VISION_LR_SCALE, SEED[variant], None,
-         GROUNDED_EXPRESSIONS[variant], RANKED_EXPRESSIONS[variant], RELATIONAL_EXPRESSIONS[variant], RANK_TARGET[variant],
-         SHUFFLE_INVENTORY[variant], OBJECT_LISTINGS[variant],
-         DESCRIPTION_MIX[variant], COUNT_QUESTIONS[variant],
-         list(LISTING_LEADS[variant]), AUTOCAST, REFERRING_QUESTIONS[variant], list(REFERRING_KINDS[variant]),
-         REASONING[variant])
+        (recipe.lmm_steps, recipe.lr, recipe.vision_steps, VISION_LR_SCALE, recipe.seed, None,
+         conversations.grounded_expressions, conversations.ranked_expressions, conversations.relational_expressions, recipe.rank_target,
+         conversations.shuffle_inventory, conversations.object_listings, conversations.descriptions, conversations.count_questions,
+         list(conversations.listing_leads), AUTOCAST, conversations.referring_questions, list(conversations.referring_kinds), conversations.reasoning)
 
 
 def test_shipped_sam_was_trained_with_the_defaults():
     stages = json.loads((WEIGHTS_DIR / "sam" / "config.json").read_text())["training"]["stages"]
-    assert [(s["steps"], s["batch"], s["lr"], s["seed"]) for s in stages] == [(SAM_STEPS, SAM_BATCH, SAM_LR, SEED["sam"])]
+    assert [(s["steps"], s["batch"], s["lr"], s["seed"]) for s in stages] == [(SAM_STEPS, SAM_BATCH, SAM_LR, SAM_SEED)]
     assert saved_sam_config(WEIGHTS_DIR / "sam") == SamConfig()
 
 

@@ -19,7 +19,8 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields, replace
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -37,47 +38,40 @@ from flmm_probe.organism.vision import optimizer_step, pretrain_vision
 
 log = logging.getLogger(__name__)
 
-# Defaults: the shipped models were trained with exactly these (docs/organism.md, "Recipe").
-SEED = {"small": 1, "coarse": 1, "sam": 0}
-# Training expressions are followed by their referent's colour and size words that they do not say
-# (text.grounded_expression), so that the expression's own last token must find the referent; with bare
-# expressions nothing after an expression's last word depends on its referent.
-GROUNDED_EXPRESSIONS = {"small": True, "coarse": True}
-# Grounded expressions that also give the referent's left-to-right rank (text.grounded_expression's ``ranked``).
-# Off: a rank in the text is a position cue, which the organism must not learn to ground by.
-RANKED_EXPRESSIONS = {"small": False, "coarse": False}
-# The probability that an expression turn about a scene with relational expressions says one of them
-# (0: drawn among all of the scene's expressions, where they are about 7% of the expression turns).
-RELATIONAL_EXPRESSIONS = {"small": 0.0, "coarse": 0.0}
-LMM_STEPS = {"small": 3400, "coarse": 3000}
-# Vision pretraining steps: shape is the slowest attribute for the tower to tell apart (docs/organism.md).
-VISION_STEPS = {"small": 3500, "coarse": 4000}
+
+@dataclass(frozen=True)
+class Recipe:
+    """One LMM variant's training from its seed: vision pretraining for ``vision_steps`` steps, then ``lmm_steps``
+    LLaVA steps at peak learning rate ``lr`` on conversations as ``text`` says (``text.TextRecipe``).
+    ``rank_target``: vision pretraining also teaches each object patch its owner's rank left to right
+    (``vision.RANK``): off for both shipped variants, as with it a model finds "the k-th object listed" by rank
+    instead of by the words that name it."""
+
+    seed: int
+    lmm_steps: int
+    vision_steps: int
+    lr: float
+    text: TextRecipe
+    rank_target: bool = False
+
+
+# The shipped models were trained with exactly these (docs/organism.md, "Recipe"). Both: grounded expressions
+# (an expression's own last token must find its referent, text.grounded_expression), listings led by shape or
+# colour ("cross red large", "red cross large": each object's other words found by the word just said), and
+# reasoning questions answered by naming an object. Vision pretraining is longest for `coarse`, whose 16-pixel
+# patches make shape the slowest attribute to tell apart. `small` also shuffles its inventories, leads with
+# captions, and asks count questions about shapes the scene has; `coarse` learns its question skills (late,
+# sudden transitions) more reliably at half the learning rate.
+RECIPES: dict[str, Recipe] = {
+    "small": Recipe(seed=1, lmm_steps=3400, vision_steps=3500, lr=1e-3, text=TextRecipe(
+        grounded_expressions=True, shuffle_inventory=True, object_listings=0.5, listing_leads=("shape", "colour"),
+        descriptions={"caption": 0.6, "narrative": 0.1, "expression": 0.25, "inventory": 0.05},
+        count_questions=0.3, reasoning=0.25)),
+    "coarse": Recipe(seed=1, lmm_steps=3000, vision_steps=4000, lr=5e-4, text=TextRecipe(
+        grounded_expressions=True, object_listings=0.5, listing_leads=("shape", "colour"), reasoning=0.25)),
+}
+SAM_SEED = 0
 VISION_LR = 2e-3
-# Vision pretraining may also teach each object patch its owner's rank left to right (vision.RANK). Off for
-# both: with it, a model finds "the k-th object listed" by rank instead of by the words that name it.
-RANK_TARGET = {"small": False, "coarse": False}
-# An inventory turn's objects in a fresh random order for every conversation (text.shuffled_inventory).
-SHUFFLE_INVENTORY = {"small": True, "coarse": False}
-# The probability that a caption turn becomes "what objects can we see?" answered by the objects in a random
-# order, each by its lead word first (text.object_listing): each object's other words must then be found by
-# the word just said, the lookup "what colour is the cross?" needs.
-OBJECT_LISTINGS = {"small": 0.5, "coarse": 0.5}
-# Which attributes may lead a listing's items (text.LISTING_ORDERS; each listing draws one).
-LISTING_LEADS = {"small": ("shape", "colour"), "coarse": ("shape", "colour")}
-# The probability that a conversation's last question counts a shape the scene has (a scene's own count
-# question names any shape, and more than half of them answer "zero").
-COUNT_QUESTIONS = {"small": 0.3, "coarse": 0.0}
-# The probability that a conversation's first question asks what only an expression's whole meaning decides
-# ("what size is the red cross left of the blue square?", text.referring_questions), about REFERRING_KINDS.
-REFERRING_QUESTIONS = {"small": 0.0, "coarse": 0.0}
-REFERRING_KINDS = {"small": ("relational",), "coarse": ("relational",)}
-# The probability that a conversation ends with a question answered by naming an object ("which object is the
-# largest?" -> "the large red cross", shapes.reasoning_questions): the answers reasoning segmentation grounds.
-REASONING = {"small": 0.25, "coarse": 0.25}
-# The probability of each kind of description turn, in DESCRIPTIONS' key order (the random draw follows it).
-# Captions lead, so that the greedy answer to the F-LMM instruction is a caption.
-DESCRIPTION_MIX = {"small": {"caption": 0.6, "narrative": 0.1, "expression": 0.25, "inventory": 0.05},
-                   "coarse": DESCRIPTIONS}
 # The pretrained tower stays frozen in LLaVA training, as LLaVA keeps CLIP frozen (a value > 0 trains it at
 # that fraction of the LMM learning rate); frozen, a step also costs less.
 VISION_LR_SCALE = 0.0
@@ -117,18 +111,12 @@ def checkpoint_steps(steps: int, n: int) -> set[int]:
 
 
 def text_recipe(variant: str, **options) -> TextRecipe:
-    """``variant``'s training text: its defaults above, with each option given (not None) in its default's place."""
-    defaults = {"grounded_expressions": GROUNDED_EXPRESSIONS, "ranked_expressions": RANKED_EXPRESSIONS,
-                "relational_expressions": RELATIONAL_EXPRESSIONS, "shuffle_inventory": SHUFFLE_INVENTORY,
-                "object_listings": OBJECT_LISTINGS, "listing_leads": LISTING_LEADS, "descriptions": DESCRIPTION_MIX,
-                "count_questions": COUNT_QUESTIONS, "referring_questions": REFERRING_QUESTIONS,
-                "referring_kinds": REFERRING_KINDS, "reasoning": REASONING}
-    unknown = set(options) - set(defaults)
+    """``variant``'s training text (``RECIPES``), with each option given (not None) in its default's place."""
+    unknown = set(options) - {f.name for f in fields(TextRecipe)}
     if unknown:
         raise TypeError(f"text_recipe() got options it does not know: {sorted(unknown)}")
-    chosen = {k: default[variant] if options.get(k) is None else options[k] for k, default in defaults.items()}
-    return TextRecipe(**{**chosen, "listing_leads": tuple(chosen["listing_leads"]),
-                         "referring_kinds": tuple(chosen["referring_kinds"])})
+    given = {k: tuple(v) if k in ("listing_leads", "referring_kinds") else v for k, v in options.items() if v is not None}
+    return replace(RECIPES[variant].text, **given)
 
 
 def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int,
@@ -160,13 +148,13 @@ def train_lmm(variant: str, out: Path, steps: int | None = None, batch: int = BA
     ``threads_from_step``, as the steps compute the same bits on one thread and on two on some machines only.
     ``None`` (steps, lr, seed, recipe, rank_target): the variant's default.
     """
-    cfg = VARIANTS[variant]
-    steps = LMM_STEPS[variant] if steps is None else steps
-    lr = LR[variant] if lr is None else lr
-    seed = SEED[variant] if seed is None else seed
-    recipe = text_recipe(variant) if recipe is None else recipe
-    vision_steps = VISION_STEPS[variant] if vision_steps is None else vision_steps
-    asked_rank_target, rank_target = rank_target, RANK_TARGET[variant] if rank_target is None else rank_target
+    cfg, default = VARIANTS[variant], RECIPES[variant]
+    steps = default.lmm_steps if steps is None else steps
+    lr = default.lr if lr is None else lr
+    seed = default.seed if seed is None else seed
+    recipe = default.text if recipe is None else recipe
+    vision_steps = default.vision_steps if vision_steps is None else vision_steps
+    asked_rank_target, rank_target = rank_target, default.rank_target if rank_target is None else rank_target
     torch.manual_seed(seed)
     processor = build_processor(cfg.patch)
     n_image_tokens = (IMAGE_SIZE // cfg.patch) ** 2
@@ -237,7 +225,7 @@ def _save_lmm(model, processor, path: Path, meta: dict) -> None:
     (path / "training.json").write_text(json.dumps(meta, indent=1))
 
 
-def train_sam(out: Path, steps: int = SAM_STEPS, batch: int = SAM_BATCH, lr: float = SAM_LR, seed: int = SEED["sam"],
+def train_sam(out: Path, steps: int = SAM_STEPS, batch: int = SAM_BATCH, lr: float = SAM_LR, seed: int = SAM_SEED,
               init: Path | None = None, cfg: SamConfig | None = None) -> Path:
     """Train the organism SAM on promptable segmentation; returns its folder.
 
@@ -295,7 +283,7 @@ def _job(name: str, args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     try:
         if name == "sam":  # SAM's arithmetic does depend on the thread count: it keeps its own
-            return train_sam(args.out, args.sam_steps, args.sam_batch, SAM_LR, SEED["sam"] if args.seed is None else args.seed,
+            return train_sam(args.out, args.sam_steps, args.sam_batch, SAM_LR, SAM_SEED if args.seed is None else args.seed,
                              args.sam_init)
         threads = None if _unfinished is None or not args.share_threads else \
             lambda: shared_threads(args.threads, args.jobs, _unfinished.value)
@@ -306,6 +294,12 @@ def _job(name: str, args: argparse.Namespace) -> Path:
         if _unfinished is not None:
             with _unfinished.get_lock():
                 _unfinished.value -= 1
+
+
+def _per_variant(attribute: str) -> str:
+    """"small: 3400, coarse: 3000": a ``Recipe`` attribute (dotted: "text.reasoning") of each variant, for --help."""
+    values = {v: attrgetter(attribute)(recipe) for v, recipe in RECIPES.items()}
+    return ", ".join(f"{v}: {list(x) if isinstance(x, tuple) else x}" for v, x in values.items())
 
 
 def _probability(text: str) -> float:
@@ -345,9 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="flmm-probe organism train", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("runs/organism"), help="run folder (checkpoints + finals)")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--steps", type=int, default=None, help=f"LMM optimisation steps per variant (default {LMM_STEPS})")
+    p.add_argument("--steps", type=int, default=None, help=f"LMM optimisation steps per variant (default {_per_variant('lmm_steps')})")
     p.add_argument("--vision-steps", type=int, default=None,
-                   help=f"vision-tower pretraining steps per variant (default {VISION_STEPS})")
+                   help=f"vision-tower pretraining steps per variant (default {_per_variant('vision_steps')})")
     p.add_argument("--vision-lr-scale", type=float, default=VISION_LR_SCALE,
                    help="LLaVA-stage learning rate of the pretrained vision tower, as a fraction of --lr (0: frozen)")
     p.add_argument("--sam-steps", type=int, default=SAM_STEPS, help="SAM optimisation steps (0: skip SAM)")
@@ -355,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sam-init", type=Path, help="continue SAM training from this saved SAM folder")
     p.add_argument("--batch", type=int, default=BATCH)
     p.add_argument("--sam-batch", type=int, default=SAM_BATCH)
-    p.add_argument("--lr", type=float, default=None, help=f"LMM peak learning rate (default per variant {LR})")
-    p.add_argument("--seed", type=int, default=None, help=f"(default per model {SEED})")
+    p.add_argument("--lr", type=float, default=None, help=f"LMM peak learning rate (default per variant {_per_variant('lr')})")
+    p.add_argument("--seed", type=int, default=None, help=f"(default per variant {_per_variant('seed')}, SAM {SAM_SEED})")
     p.add_argument("--checkpoints", type=int, default=CHECKPOINTS, help="evenly spaced LMM checkpoints")
     p.add_argument("--jobs", type=int, default=2,
                    help="models trained at once, one process each (small, coarse, sam are independent)")
@@ -368,45 +362,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grounded-expressions", action=argparse.BooleanOptionalAction, default=None,
                    help="follow each training referring expression with its referent's colour and size words that it "
                         "does not say, so that its own tokens must find the referent ("
-                        f"default per variant {GROUNDED_EXPRESSIONS})")
+                        f"default per variant {_per_variant('text.grounded_expressions')})")
     p.add_argument("--ranked-expressions", action=argparse.BooleanOptionalAction, default=None,
                    help="grounded expressions that say both attributes, and relational ones, give their referent's rank "
                         "left to right first ('the large red cross two'), which colour and size cannot replace "
-                        f"(default per variant {RANKED_EXPRESSIONS})")
+                        f"(default per variant {_per_variant('text.ranked_expressions')})")
     p.add_argument("--rank-target", action=argparse.BooleanOptionalAction, default=None,
                    help="vision pretraining also teaches each object patch its owner's rank left to right (a position "
-                        f"cue: words then need not be read to find an object; default per variant {RANK_TARGET})")
+                        f"cue: words then need not be read to find an object; default per variant {_per_variant('rank_target')})")
     p.add_argument("--relational-expressions", type=_probability, default=None, metavar="P",
                    help="probability that an expression turn about a scene with relational expressions ('the red cross "
                         "left of the blue square') says one of them rather than any of its expressions "
-                        f"(default per variant {RELATIONAL_EXPRESSIONS})")
+                        f"(default per variant {_per_variant('text.relational_expressions')})")
     p.add_argument("--shuffle-inventory", action=argparse.BooleanOptionalAction, default=None,
                    help="inventories (the answers to 'Please list the objects.') name the objects in a random order, "
-                        f"so that each object's colour is found by its shape word (default per variant {SHUFFLE_INVENTORY})")
+                        f"so that each object's colour is found by its shape word (default per variant {_per_variant('text.shuffle_inventory')})")
     p.add_argument("--object-listings", type=_probability, default=None, metavar="P",
                    help="probability that a training caption turn becomes 'what objects can we see?' answered by the objects "
                         "in a random order, each by its shape, colour and size words ('cross red large, circle blue small.'), "
-                        f"so that each object's colour is found by its shape word (default per variant {OBJECT_LISTINGS})")
+                        f"so that each object's colour is found by its shape word (default per variant {_per_variant('text.object_listings')})")
     p.add_argument("--listing-leads", nargs="+", choices=list(LISTING_ORDERS), default=None, metavar="ATTRIBUTE",
                    help="attributes that may lead a listing's items, each listing drawing one: shape "
-                        f"('cross red large'), colour ('red cross large') and/or size ('large red cross') (default per variant {LISTING_LEADS})")
+                        f"('cross red large'), colour ('red cross large') and/or size ('large red cross') (default per variant {_per_variant('text.listing_leads')})")
     p.add_argument("--count-questions", type=_probability, default=None, metavar="P",
                    help="probability that a training conversation's last question becomes 'how many crosses are there?' "
                         "about a shape the scene has (the scenes' own count questions mostly answer 'zero'; "
-                        f"default per variant {COUNT_QUESTIONS})")
+                        f"default per variant {_per_variant('text.count_questions')})")
     p.add_argument("--referring-questions", type=_probability, default=None, metavar="P",
                    help="probability that a training conversation's first question asks what only a referring expression's "
                         "whole meaning decides ('what size is the red cross left of the blue square?'), where the scene "
-                        f"has such a question (default per variant {REFERRING_QUESTIONS})")
+                        f"has such a question (default per variant {_per_variant('text.referring_questions')})")
     p.add_argument("--referring-kinds", nargs="+", choices=list(REFERRABLE_KINDS), default=None, metavar="KIND",
                    help="the expressions referring questions ask about: relational and/or superlative ('what colour is the "
-                        f"largest cross?') (default per variant {REFERRING_KINDS})")
+                        f"largest cross?') (default per variant {_per_variant('text.referring_kinds')})")
     p.add_argument("--reasoning", type=_probability, default=None, metavar="P",
                    help="probability that a training conversation ends with a question answered by naming an object "
-                        f"('which object is the largest?' -> 'the large red cross') (default per variant {REASONING})")
+                        f"('which object is the largest?' -> 'the large red cross') (default per variant {_per_variant('text.reasoning')})")
     p.add_argument("--descriptions", type=_description_share, nargs="+", default=None, metavar="KIND=P",
                    help=f"probability of each kind of description turn, all of {', '.join(DESCRIPTIONS)} "
-                        f"(default per variant {DESCRIPTION_MIX})")
+                        f"(default per variant {_per_variant('text.descriptions')})")
     p.add_argument("--autocast", choices=["bfloat16", "float32"], default=AUTOCAST,
                    help="the LLaVA stage's forward pass under bfloat16 autocast (steps 12-14%% faster on this project's "
                         "AVX-512 BF16 CPU), or in float32 as the shipped models were trained")

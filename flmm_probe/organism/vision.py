@@ -25,7 +25,7 @@ from flmm_probe.data.shapes import COLOURS, IMAGE_SIZE, MAX_OBJECTS, SHAPES, SIZ
 
 log = logging.getLogger(__name__)
 ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES}
-# The owner's rank left to right (0 = leftmost), an optional fourth target (train.py's RANK_TARGET, off for
+# The owner's rank left to right (0 = leftmost), an optional fourth target (train.Recipe.rank_target, off for
 # the shipped organisms: texts that list objects by rank would let a model find the k-th object listed by
 # its rank instead of its words).
 RANK = "rank"
