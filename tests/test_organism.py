@@ -444,7 +444,7 @@ def test_expression_pointing_scores_each_expression_on_its_referent(monkeypatch)
     # (weighted twice) at another object; head 1 at the whole image. Read by its last token, head 0 must score
     # 1.0 with no hit on another object and head 1 the uniform baseline, for every kind; read by the mean, head
     # 0 points at the other object.
-    def oracle(model, processor, scene, answer):
+    def oracle(backbone, scene, answer):
         (expression,) = [e for e in scene.expressions if e.text == answer]
         other = next(o for i, o in enumerate(scene.objects) if i != expression.target)
         n = len(answer.split())

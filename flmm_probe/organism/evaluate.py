@@ -9,7 +9,7 @@
   ``referring_accuracy``: the same for questions that only a relational or superlative expression's whole
   meaning answers (``text.referring_questions``: "what size is the red cross left of the blue square?").
 - ``pointing``: for each object's caption phrase (teacher-forced caption after ``DESCRIBE``), each
-  head's phrase-to-image attention (recorded with ``AttentionProbe``, mean over the phrase's tokens)
+  head's phrase-to-image attention (recorded with ``Backbone.record``, mean over the phrase's tokens)
   on the patch grid is scored with the project's ``pointing_game``: is the argmax cell inside the
   object's mask (cell coverage >= 0.5, or >= half the best cell's for masks smaller than a cell)? A phrase
   whose words fit several objects (two "small green triangles") names all of them: a hit on any counts.
@@ -38,12 +38,12 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
+from flmm_probe.backbones import Backbone, load_backbone
 from flmm_probe.data.shapes import COLOURS, DESCRIBE, QA, SHAPES, SIZES, Scene, expression_group, make_scene, reasoning_questions
 from flmm_probe.metrics import mask_to_grid, pointing_game
 from flmm_probe.organism.sam import box_miou, load_sam
 from flmm_probe.organism.text import IGNORE, REFERRABLE_KINDS, collate, encode, referring_questions
 from flmm_probe.phrases import POOLINGS, pool
-from flmm_probe.probe import AttentionProbe
 
 _PHRASE = re.compile(rf"\ban? ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b")
 
@@ -193,40 +193,27 @@ class Pointing:
         return int(layer), int(head)
 
 
-@torch.no_grad()
-def answer_maps(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scene: Scene, answer: str) -> torch.Tensor:
-    """Each token of ``answer`` (teacher-forced after ``DESCRIBE``): its attention over the image patches.
-
-    Returns (token, layer, head, gy, gx), one row per token of ``answer`` (not the "</s>" after it).
-    """
-    n_image = int(model.config.image_seq_length)
-    grid = int(round(n_image**0.5))
-    ids, _ = encode([(DESCRIBE, answer)], processor.tokenizer, n_image)
-    batch = collate([(ids, ids)], processor.tokenizer.pad_token_id)
-    n_answer = len(processor.tokenizer(answer, add_special_tokens=False)["input_ids"])
-    rows = torch.arange(len(ids) - n_answer - 1, len(ids) - 1)
-    image_positions = (batch["input_ids"][0] == model.config.image_token_id).nonzero()[:, 0]
-    pixel_values = processor.image_processor(images=[scene.image], return_tensors="pt")["pixel_values"].to(model.dtype)
-    with AttentionProbe(model, rows[None], image_positions[None]) as probe:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=pixel_values, use_cache=False)
-    weights = probe.weights[0].permute(2, 0, 1, 3)  # (token, layer, head, key)
-    return weights.reshape(*weights.shape[:3], grid, grid)
+def answer_maps(backbone: Backbone, scene: Scene, answer: str) -> torch.Tensor:
+    """Each token of ``answer`` (the answer to ``DESCRIBE``, recorded by ``Backbone.record`` with each token as a
+    phrase): its attention over the image patches. Returns (token, layer, head, gy, gx)."""
+    tokens = backbone.processor.tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return backbone.record(scene.image, answer, [tuple(span) for span in tokens], hidden_states=False).maps["global"]
 
 
-def caption_maps(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
+def caption_maps(backbone: Backbone, scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
     """Each caption token's attention over the image patches, per head, and the phrase each token belongs to.
 
     Returns maps (token, layer, head, gy, gx) for the tokens of the caption's phrases, in order, and
     owner (token,) int64: the index of the token's phrase in ``scene.caption_phrases``.
     """
-    offsets = processor.tokenizer(scene.caption, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    offsets = backbone.processor.tokenizer(scene.caption, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     rows, owner = [], []
     for p, phrase in enumerate(scene.caption_phrases):
         for t, (a, b) in enumerate(offsets):
             if a < phrase.end and b > phrase.start:
                 rows.append(t)
                 owner.append(p)
-    return answer_maps(model, processor, scene, scene.caption)[rows], torch.tensor(owner)
+    return answer_maps(backbone, scene, scene.caption)[rows], torch.tensor(owner)
 
 
 # The words of a caption phrase, "a large red circle": the article, size, colour and shape.
@@ -241,13 +228,14 @@ def pointing(model: LlavaForConditionalGeneration, processor: LlavaProcessor, sc
 def pointing_by_word(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene]) -> dict[str, Pointing]:
     """``pointing`` of each phrase's mean map ("phrase") and of each of its words' maps (``PHRASE_WORDS``):
     which word's attention finds the object."""
+    backbone = load_backbone(model, processor, instruction=DESCRIBE)
     kinds = ("phrase",) + PHRASE_WORDS
     hits: dict[str, list] = {k: [] for k in kinds}
     wrong: dict[str, list] = {k: [] for k in kinds}
     position: dict[str, list] = {k: [] for k in kinds}
     uniform = []
     for scene in scenes:
-        tokens, owner = caption_maps(model, processor, scene)  # (token, layer, head, gy, gx), (token,)
+        tokens, owner = caption_maps(backbone, scene)  # (token, layer, head, gy, gx), (token,)
         grid = tuple(tokens.shape[-2:])
         covers = [mask_to_grid(o.mask, grid) for o in scene.objects]  # each (gy, gx)
         for p, phrase in enumerate(scene.caption_phrases):
@@ -274,13 +262,14 @@ def expression_pointing(model: LlavaForConditionalGeneration, processor: LlavaPr
     """``pointing`` of each referring expression's map, as F-LMM reads it: the bare expression teacher-forced
     after ``DESCRIBE``, its tokens' maps pooled (``phrases.pool``'s ``pooling``); for all expressions ("all"),
     by kind, and attribute expressions also by how many attributes they say (``shapes.expression_group``)."""
+    backbone = None if model is None else load_backbone(model, processor, instruction=DESCRIBE)
     hits: dict[str, list] = {}
     wrong: dict[str, list] = {}
     uniform: dict[str, list] = {}
     for scene in scenes:
         covers = None
         for e in scene.expressions:
-            maps = answer_maps(model, processor, scene, e.text)  # (token, layer, head, gy, gx)
+            maps = answer_maps(backbone, scene, e.text)  # (token, layer, head, gy, gx)
             tokens = torch.arange(len(maps))  # pool merges (..., query, key) rows: (layer, head, token, gy * gx)
             expression_map = pool(maps.flatten(-2).movedim(0, -2), [tokens], pooling)[0].unflatten(-1, maps.shape[-2:])
             if covers is None:
