@@ -56,7 +56,7 @@ from tiny_paligemma import tiny_paligemma  # noqa: E402
 from tiny_qwen_vl import tiny_qwen_vl  # noqa: E402
 
 from flmm_probe import load_backbone  # noqa: E402
-from flmm_probe.backbones.base import _pad_rows  # noqa: E402
+from flmm_probe.backbones.base import pad_rows  # noqa: E402
 from flmm_probe.probe import AttentionProbe  # noqa: E402
 
 # family -> (builder of (model, processor), the samples its tests feed)
@@ -93,8 +93,8 @@ def cases(family: str, model, processor) -> dict[str, tuple[dict, torch.Tensor, 
         backbone = load_backbone(model, processor)
         images, texts, phrases = zip(*(samples[:1] if case == "single" else samples))
         prep = backbone.prepare(images, texts, phrases)
-        queries = _pad_rows([torch.cat(t).unique() for t in prep.tokens])
-        keys = _pad_rows([layout.key_positions for layout in prep.layouts])
+        queries = pad_rows([torch.cat(t).unique() for t in prep.tokens])
+        keys = pad_rows([layout.key_positions for layout in prep.layouts])
         out[case] = (backbone.model_inputs(prep.inputs), queries, keys)
     return out
 

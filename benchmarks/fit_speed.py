@@ -48,7 +48,7 @@ from flmm_probe.decoder.refiner import SamRefiner, load_sam
 from flmm_probe.evaluate import evaluate
 from flmm_probe.decoder.grounder import GroundingInput, build_grounder, load_grounder, record_channels
 from flmm_probe.decoder.objective import lr_factor
-from flmm_probe.fit import FitConfig, _epoch_batches, _Phrases, _Reader, fit, iter_log, train_step
+from flmm_probe.fit import FitConfig, epoch_batches, TrainingPhrases, PhraseReader, fit, iter_log, train_step
 from flmm_probe.record_job import record_dataset
 from flmm_probe.store import Store
 
@@ -98,7 +98,7 @@ class FirstSamples(GroundingDataset):
         return self.base[index]
 
 
-class LiveReader(_Reader):
+class LiveReader(PhraseReader):
     """The reference loop's inputs: the LMM and SAM's image encoder run for every sample of every epoch."""
 
     def __init__(self, backbone, grounder, dataset, phrases, refiner: SamRefiner | None) -> None:
@@ -126,14 +126,14 @@ class LiveReader(_Reader):
         return self._embedding
 
 
-def reference_fit(backbone, sam, dataset, phrases: _Phrases, config: FitConfig, shapes: dict) -> tuple[torch.nn.Module, dict]:
+def reference_fit(backbone, sam, dataset, phrases: TrainingPhrases, config: FitConfig, shapes: dict) -> tuple[torch.nn.Module, dict]:
     """The reference loop: live inputs, the same batches, initial weights and steps as fit(). Returns
     (grounder, timings {epoch seconds, component seconds per epoch, last epoch's mean loss})."""
     grounder = build_grounder(config, shapes["in_channels"], sam, shapes["text_dim"], shapes["text_layers"])
     grounder.train()
     trainable = [p for p in grounder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-    total = len(_epoch_batches(phrases, 0, config, 0, 1)) * config.epochs
+    total = len(epoch_batches(phrases, 0, config, 0, 1)) * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, config.warmup_ratio))
     reader = LiveReader(backbone, grounder, dataset, phrases, SamRefiner(sam, use_text=False) if config.use_refiner else None)
     epochs, components, losses = [], [], []
@@ -141,7 +141,7 @@ def reference_fit(backbone, sam, dataset, phrases: _Phrases, config: FitConfig, 
         reader.times.clear()
         reader._last = None  # the reference has no memory across epochs
         start = time.perf_counter()
-        for batch in _epoch_batches(phrases, epoch, config, 0, 1):
+        for batch in epoch_batches(phrases, epoch, config, 0, 1):
             inputs, targets = reader.batch(batch)
             t = time.perf_counter()
             line = train_step(grounder, optimizer, scheduler, trainable, inputs, targets, config)
@@ -156,9 +156,9 @@ def reference_fit(backbone, sam, dataset, phrases: _Phrases, config: FitConfig, 
 def store_read_seconds(store, dataset, phrases, cache, grounder_config: FitConfig, shapes, sam) -> float:
     """Seconds to read one epoch's inputs from the store and the cache (no training)."""
     grounder = build_grounder(grounder_config, shapes["in_channels"], sam, shapes["text_dim"], shapes["text_layers"])
-    reader = _Reader(grounder, store, dataset, phrases, cache if grounder_config.use_refiner else None)
+    reader = PhraseReader(grounder, store, dataset, phrases, cache if grounder_config.use_refiner else None)
     start = time.perf_counter()
-    for batch in _epoch_batches(phrases, 1, grounder_config, 0, 1):
+    for batch in epoch_batches(phrases, 1, grounder_config, 0, 1):
         reader.batch(batch)
     return time.perf_counter() - start
 
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         result["once_embedded_images"] = cache.fill(SamRefiner(sam, use_text=False), dataset, progress=False)
         result["once_embed_s"] = time.perf_counter() - start
-        phrases = _Phrases(sorted(s.sample_id for s in dataset),
+        phrases = TrainingPhrases(sorted(s.sample_id for s in dataset),
                            {dataset[i].sample_id: i for i in range(len(dataset))},
                            {s.sample_id: len(s.phrases) for s in dataset},
                            {s.sample_id: s.image_key for s in dataset})

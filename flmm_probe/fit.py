@@ -94,7 +94,7 @@ class FitConfig(GrounderConfig):
 
 
 @dataclass
-class _Phrases:
+class TrainingPhrases:
     """The training set: samples in both the store and the dataset, in sample-id order."""
 
     sample_ids: list[str]
@@ -103,7 +103,8 @@ class _Phrases:
     image_keys: dict[str, str] = field(default_factory=dict)
 
 
-def _training_set(store: Store, dataset: GroundingDataset) -> _Phrases:
+def training_set(store: Store, dataset: GroundingDataset) -> TrainingPhrases:
+    """The phrases a fit trains on: those of the samples both in ``store`` and in ``dataset``."""
     counts = store.manifest.groupby("sample_id", sort=True).size()
     index = {dataset[i].sample_id: i for i in range(len(dataset))}  # unchecked samples: cheap, nothing read
     ids = [s for s in counts.index if s in index]
@@ -114,10 +115,10 @@ def _training_set(store: Store, dataset: GroundingDataset) -> _Phrases:
     if len(ids) < len(index):
         log.info("fit: %d dataset samples are not in the store (bad or not recorded) and are left out", len(index) - len(ids))
     keys = {s: dataset[index[s]].image_key for s in ids}
-    return _Phrases(ids, index, {s: int(counts[s]) for s in ids}, keys)
+    return TrainingPhrases(ids, index, {s: int(counts[s]) for s in ids}, keys)
 
 
-def _epoch_batches(phrases: _Phrases, epoch: int, config: FitConfig, rank: int, world: int) -> list[list[tuple[str, int]]]:
+def epoch_batches(phrases: TrainingPhrases, epoch: int, config: FitConfig, rank: int, world: int) -> list[list[tuple[str, int]]]:
     """This rank's batches of (sample_id, phrase_index) for `epoch`: samples shuffled (seed + epoch), phrases
     of a sample kept together, cut into batches of batch_size, every world-th batch from `rank` on."""
     generator = torch.Generator().manual_seed(config.seed + epoch)
@@ -129,13 +130,13 @@ def _epoch_batches(phrases: _Phrases, epoch: int, config: FitConfig, rank: int, 
     return batches[rank::world]
 
 
-class _Reader:
+class PhraseReader:
     """Reads a batch's inputs from the store, the embedding cache and the dataset, one record per sample.
 
     The last sample read is kept, because an epoch's batches cut a sample's phrases across two batches.
     """
 
-    def __init__(self, grounder: Grounder, store: Store, dataset: GroundingDataset, phrases: _Phrases,
+    def __init__(self, grounder: Grounder, store: Store, dataset: GroundingDataset, phrases: TrainingPhrases,
                  cache: EmbeddingCache | None) -> None:
         self.grounder, self.store, self.dataset, self.phrases, self.cache = grounder, store, dataset, phrases, cache
         self._last: tuple[str, torch.Tensor, list[torch.Tensor], torch.Tensor, tuple[int, int]] | None = None
@@ -207,7 +208,7 @@ def _shapes(store: Store, sample_id: str, config: FitConfig) -> dict[str, Any]:
     return shapes
 
 
-def _fill_cache(sam: Sam, dataset: GroundingDataset, cache: EmbeddingCache, phrases: _Phrases, rank: int, world: int,
+def _fill_cache(sam: Sam, dataset: GroundingDataset, cache: EmbeddingCache, phrases: TrainingPhrases, rank: int, world: int,
                 progress: bool) -> None:
     """Embed the images the cache lacks (rank 0 only; the other ranks wait and re-read the cache)."""
     missing = {k for k in phrases.image_keys.values() if k not in cache}
@@ -261,7 +262,7 @@ def fit(
         raise FileExistsError(f"{run_dir} already holds a fit; resume it (--resume) or fit into a new folder.")
     rank, world = _distributed()
     device = _device(config)
-    phrases = _training_set(store, dataset)
+    phrases = training_set(store, dataset)
     shapes = _shapes(store, phrases.sample_ids[0], config)
     if config.use_refiner:
         cache = cache if cache is not None else EmbeddingCache(run_dir / "sam_embeddings", rank=rank)
@@ -272,10 +273,10 @@ def fit(
     grounder.train()
     trainable = [p for p in grounder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-    steps_per_epoch = len(_epoch_batches(phrases, 0, config, rank, world))
+    steps_per_epoch = len(epoch_batches(phrases, 0, config, rank, world))
     total = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, config.warmup_ratio))
-    reader = _Reader(grounder, store, dataset, phrases, cache)
+    reader = PhraseReader(grounder, store, dataset, phrases, cache)
 
     spec = {"format": FORMAT_VERSION, "config": asdict(config), **shapes,
             "sam": sam_shapes(sam) if config.use_refiner else None,
@@ -295,7 +296,7 @@ def fit(
     start = time.perf_counter() - elapsed
     bar = tqdm(total=total, initial=step, disable=not progress or rank != 0, desc="fit", unit="step")
     for epoch in range(done, config.epochs):
-        for batch in _epoch_batches(phrases, epoch, config, rank, world):
+        for batch in epoch_batches(phrases, epoch, config, rank, world):
             inputs, targets = reader.batch(batch)
             line = train_step(model, optimizer, scheduler, trainable, inputs, targets, config)
             step += 1

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from flmm_probe.backbones.base import Backbone, _pad_rows
+from flmm_probe.backbones.base import Backbone, pad_rows
 from flmm_probe.probe import AttentionProbe
 
 ATOL = 1e-5
@@ -71,8 +71,8 @@ def check_backbone_against_eager(backbone: Backbone, samples: list, atol: float 
     every phrase token as query, every image token of the layout as key."""
     images, texts, phrases = zip(*samples)
     prep = backbone.prepare(images, texts, phrases)
-    queries = _pad_rows([torch.cat(t).unique() for t in prep.tokens])
-    keys = _pad_rows([layout.key_positions for layout in prep.layouts])
+    queries = pad_rows([torch.cat(t).unique() for t in prep.tokens])
+    keys = pad_rows([layout.key_positions for layout in prep.layouts])
     inputs = backbone.model_inputs(prep.inputs)
     image_id = backbone.image_token_id
     for layout, ids in zip(prep.layouts, inputs["input_ids"]):

@@ -189,7 +189,7 @@ class Backbone:
     ) -> list[AttentionRecord]:
         queries = [torch.cat(t).unique() for t in prep.tokens]  # sorted, per sample
         keys = [layout.key_positions for layout in prep.layouts]
-        with AttentionProbe(self.model, _pad_rows(queries), _pad_rows(keys)) as probe:
+        with AttentionProbe(self.model, pad_rows(queries), pad_rows(keys)) as probe:
             inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.model_inputs(prep.inputs).items()}
             outputs = self.model(**inputs, use_cache=False, output_hidden_states=hidden_states)
         records = []
@@ -244,7 +244,7 @@ def _max_positions(config) -> int | None:
     return getattr(text, "max_position_embeddings", None)
 
 
-def _pad_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+def pad_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
     """Stack ragged 1-D LongTensors into (batch, n), padding by repeating each row's first entry."""
     width = max(len(r) for r in rows)
     return torch.stack([torch.cat([r, r[:1].expand(width - len(r))]) for r in rows])
