@@ -13,7 +13,7 @@ Attention sinks are image tokens with high-norm keys: they draw attention whatev
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -63,10 +63,14 @@ def spatial_entropy(maps: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def localization_heads(
-    records: Iterable[AttentionRecord], top: int = 10, select: int = 10, kind: str = "fused"
+    records: Iterable[AttentionRecord], top: int = 10, select: int = 10, kind: str = "fused",
+    total: Callable[[np.ndarray], np.ndarray] = np.asarray,
 ) -> pd.DataFrame:
     """Rank heads as localization heads over `records` (iterated twice: a list, or a re-iterable view
     of a store such as analyses.run.StoredRecords, which then streams from disk).
+
+    total: sums an array over the processes that share the records (``flmm_probe.ranks.total`` under
+    torchrun, each rank holding its share); the default, one process, keeps it as it is.
 
     Returns one row per (layer, head): image_mass (mean over phrases), passes_mass (above the elbow),
     low_entropy_share (share of phrases for which the head is among the `top` lowest-entropy heads of
@@ -80,8 +84,9 @@ def localization_heads(
         n_phrases += len(record.phrases)
     if mass_sum is None:
         raise ValueError("No records given.")
+    mass_sum, n_phrases = total(mass_sum.numpy()), int(total(np.array(n_phrases)))
     layers, heads = mass_sum.shape
-    mass = (mass_sum / n_phrases).numpy()
+    mass = mass_sum / n_phrases
     order = np.argsort(-mass, axis=None)
     passes = np.zeros(layers * heads, bool)
     passes[order[: elbow(mass.ravel())]] = True
@@ -92,6 +97,7 @@ def localization_heads(
         entropy[:, ~passes] = np.inf
         lowest = np.argsort(entropy, axis=1)[:, : min(top, int(passes.sum()))]
         np.add.at(counts, lowest.ravel(), 1)
+    counts = total(counts)
     layer, head = np.divmod(np.arange(layers * heads), heads)
     table = pd.DataFrame(
         {

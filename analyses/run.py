@@ -9,6 +9,9 @@ Writes into the output folder (never re-running the LMM: records come from the s
     heads.parquet               localization heads: layer head image_mass passes_mass low_entropy_share selected
     head_table.parquet          layer head estimate low high n rank, for the pointing game
     coverage.json               samples scored, of the dataset's good samples (fewer only with --partial)
+
+Under torchrun each rank scores every world-th sample; the pieces are gathered (flmm_probe.ranks) into the
+same tables one process writes, and rank 0 writes them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from flmm_probe import ranks
 from flmm_probe.data.samples import GroundingDataset, GroundingSample, stored_samples
 from flmm_probe.record import AttentionRecord
 from flmm_probe.store import Store
@@ -73,22 +77,30 @@ def analyze(store: Store, dataset: GroundingDataset, out: str | Path, sinks: boo
     samples, in_dataset = stored_samples(dataset, store.done_ids(), partial)
     if not samples:
         raise ValueError(f"The store at {store.root} holds none of the dataset's samples; record them first.")
-    out.mkdir(parents=True, exist_ok=True)
-    samples = [_scored(store, s) for s in samples]
     extra = len(store.done_ids()) - len(samples)
     if extra:
         log.info("analyze: %d stored samples are not in this dataset and are left out", extra)
-    (out / COVERAGE).write_text(json.dumps({"scored": len(samples), "in_dataset": in_dataset}))
+    rank, world = ranks.join()
+    order = {s.sample_id: i for i, s in enumerate(samples)}
+    mine = [_scored(store, s) for s in ranks.share(samples, rank, world)]
+
+    def whole(frame: pd.DataFrame) -> pd.DataFrame:
+        """Every rank's rows in the dataset's sample order, as one process makes them."""
+        frame = pd.concat(ranks.gather(frame, world), ignore_index=True)
+        return frame.sort_values("sample", key=lambda c: c.map(order), kind="stable", ignore_index=True)
+
     frames = {
-        "scores": score_records(samples, sinks=sinks, progress=progress),
-        "baselines": baseline_frame(samples),
-        "heads": localization_heads(StoredRecords(store, [s.sample_id for s in samples])),
+        "scores": whole(score_records(mine, sinks=sinks, progress=progress)),
+        "baselines": whole(baseline_frame(mine)),
+        "heads": localization_heads(StoredRecords(store, [s.sample_id for s in mine]), total=lambda a: ranks.total(a, world)),
     }
     frames["head_table"] = head_table(frames["scores"], "pointing")
-    paths = {}
-    for name, frame in frames.items():
-        paths[name] = out / f"{name}.parquet"
-        frame.to_parquet(paths[name])
+    paths = {name: out / f"{name}.parquet" for name in frames}
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / COVERAGE).write_text(json.dumps({"scored": len(samples), "in_dataset": in_dataset}))
+        for name, frame in frames.items():
+            frame.to_parquet(paths[name])
     return paths
 
 

@@ -43,6 +43,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 outside it)."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 def _backbone(args: argparse.Namespace):
     """The Backbone named by --backbone: "organism[:VARIANT]" (the embedded default), a hub id or a folder."""
     import os
@@ -112,7 +119,10 @@ def _analyze(args: argparse.Namespace) -> int:
     from .store import Store
 
     dataset = open_dataset(args.data)
-    for name, path in analyze(Store.open(args.store), dataset, args.out, sinks=args.sinks, partial=args.partial).items():
+    paths = analyze(Store.open(args.store), dataset, args.out, sinks=args.sinks, partial=args.partial)
+    if _rank() != 0:  # under torchrun rank 0 writes and reports the whole result
+        return 0
+    for name, path in paths.items():
         print(f"{name}: {path}")
     coverage = json.loads((Path(args.out) / "coverage.json").read_text())
     print(f"scored {coverage['scored']} of the dataset's {coverage['in_dataset']} samples")
@@ -152,10 +162,15 @@ def _sam(spec: str):
 
 
 def _grounder(args: argparse.Namespace):
-    """The fitted grounder of --run, with --sam's image encoder unless --no-refiner, on --device."""
-    from .decoder import load_grounder
+    """The fitted grounder of --run, with --sam's image encoder unless --no-refiner, on --device (a bare "cuda" is
+    this rank's GPU under torchrun)."""
+    import os
 
-    return load_grounder(args.run, None if args.no_refiner else _sam(args.sam), device=args.device)
+    from .decoder import load_grounder
+    from .devices import rank_device
+
+    device = rank_device(os.environ, True) if args.device == "cuda" else args.device
+    return load_grounder(args.run, None if args.no_refiner else _sam(args.sam), device=device)
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -191,6 +206,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     grounder = _grounder(args)
     cache = EmbeddingCache(args.cache) if args.cache else None
     per_phrase, summary = evaluate(grounder, Store.open(args.store), open_dataset(args.data), cache, partial=args.partial)
+    if _rank() != 0:  # under torchrun every rank holds the whole result; rank 0 writes it
+        return 0
     out = Path(args.out or args.run)
     out.mkdir(parents=True, exist_ok=True)
     per_phrase.to_parquet(out / "per_phrase.parquet")
@@ -355,7 +372,9 @@ def _sam_arguments(parser: argparse.ArgumentParser, device: bool = True) -> None
     parser.add_argument("--sam", default="organism", help='"organism", "vit_l:CHECKPOINT" or a SAM checkpoint path')
     parser.add_argument("--no-refiner", action="store_true", help="coarse U-Net masks only, no SAM")
     if device:
-        parser.add_argument("--device", default="cpu", help="where the fitted decoder and SAM run, e.g. cuda or cuda:1")
+        parser.add_argument("--device", default="cpu",
+                            help="where the fitted decoder and SAM run, e.g. cuda or cuda:1 (cuda under torchrun: "
+                                 "cuda:LOCAL_RANK)")
 
 
 def _pooling_argument(parser: argparse.ArgumentParser) -> None:
@@ -447,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     one.set_defaults(handler=_record_image)
 
     analyze = commands.add_parser(
-        "analyze", help="score a store's maps against the dataset's masks (parquet tables for figures)",
+        "analyze", help="score a store's maps against the dataset's masks (parquet tables for figures; torchrun-aware)",
         formatter_class=_Defaults,
     )
     analyze.add_argument("--store", required=True, help="store folder written by `flmm-probe record`")
@@ -507,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.set_defaults(handler=_fit)
 
     evaluate = commands.add_parser(
-        "evaluate", help="RES and PNG metrics of a fitted grounder on a recorded dataset",
+        "evaluate", help="RES and PNG metrics of a fitted grounder on a recorded dataset (torchrun-aware)",
         formatter_class=_Defaults,
     )
     evaluate.add_argument("--run", required=True, help="the fit's run folder")

@@ -7,6 +7,7 @@
 Predictions are sigmoid(logits) > 0.5 at the original image size, for the coarse (U-Net) and the refined
 (SAM) masks. RES tasks (RefCOCO family, shapes "res") get cIoU, gIoU and P@0.5..0.9 per (dataset, split);
 PNG tasks get average recall overall and for things / stuff / singular / plural phrases.
+Under torchrun each rank predicts every world-th sample and every rank returns the whole frame (flmm_probe.ranks).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .data.samples import GroundingDataset, GroundingSample, stored_samples
 from .decoder import Grounder
 from .metrics import average_recall, intersection_union, res_scores
 from .phrases import PhraseLike
+from .ranks import gather, join, share
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,8 @@ def evaluate(
     """
     rows = []
     samples, in_dataset = stored_samples(dataset, store.done_ids(), partial)
-    for sample, p, coarse, refined in predict(grounder, store, dataset, cache, progress, samples):
+    rank, world = join()
+    for sample, p, coarse, refined in predict(grounder, store, dataset, cache, progress, share(samples, rank, world)):
         target = sample.mask(p)
         phrase = sample.phrases[p]
         attributes = sample.attributes
@@ -124,7 +127,9 @@ def evaluate(
         rows.append(row)
     columns = ["sample_id", "phrase_index", "dataset", "split", "task", "phrase", "kind", "plural", "is_thing",
                "target_area", *(f"{c}_{m}" for m in MASKS for c in ("inter", "union", "iou"))]
-    per_phrase = pd.DataFrame(rows, columns=columns)
+    order = {s.sample_id: i for i, s in enumerate(samples)}
+    per_phrase = pd.concat([pd.DataFrame(part, columns=columns) for part in gather(rows, world)], ignore_index=True)
+    per_phrase = per_phrase.sort_values("sample_id", key=lambda c: c.map(order), kind="stable", ignore_index=True)
     return per_phrase, {**summarize(per_phrase), "coverage": {"scored": len(samples), "in_dataset": in_dataset}}
 
 

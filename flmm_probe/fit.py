@@ -52,6 +52,7 @@ from .decoder.grounder import (CHECKSUM_KEY, CONFIG_FILE, FORMAT_VERSION, WEIGHT
                                build_grounder, load_trainable, read_spec, record_channels, sam_shapes, tensor_digest)
 from .decoder.objective import lr_factor, mask_loss
 from .decoder.refiner import SamRefiner
+from .ranks import join
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -173,15 +174,6 @@ class PhraseReader:
         return inputs, targets
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world_size) from torchrun's environment; joins the process group when world_size > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return rank, world
-
-
 def _device(config: FitConfig) -> torch.device:
     if config.device is not None:
         return torch.device(config.device)
@@ -260,7 +252,7 @@ def fit(
     run_dir = Path(run_dir)
     if not resume and (run_dir / CONFIG_FILE).exists():
         raise FileExistsError(f"{run_dir} already holds a fit; resume it (--resume) or fit into a new folder.")
-    rank, world = _distributed()
+    rank, world = join()
     device = _device(config)
     phrases = training_set(store, dataset)
     shapes = _shapes(store, phrases.sample_ids[0], config)
