@@ -188,8 +188,9 @@ def _shapes(store: Store, sample_id: str, config: FitConfig) -> dict[str, Any]:
     pooling = record.meta.get("pooling", config.pooling)
     if pooling != config.pooling:
         raise ValueError(f"The store was recorded with pooling {pooling!r} but config.pooling is {config.pooling!r}.")
-    # Stacked channels follow the store's view kinds, so that a one-tile image stacks like a tiled one.
-    kinds = store.map_kinds() if config.maps == "stacked" else None
+    # Stacked channels follow the family's view kinds (stores recorded before records carried them: the kinds
+    # the store holds), so that a one-tile image stacks like a tiled one.
+    kinds = (record.meta.get("view_kinds") or store.map_kinds()) if config.maps == "stacked" else None
     shapes: dict[str, Any] = {"in_channels": int(record_channels(record, config.maps, kinds).shape[1]),
                               "text_dim": None, "text_layers": None, "kinds": kinds}
     if config.use_refiner and config.use_text:

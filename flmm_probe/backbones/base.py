@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
 from ..images import ImageLike, to_rgb
-from ..layout import Layout
+from ..layout import GLOBAL, Layout
 from ..phrases import PhraseLike, Span, pool, resolve_spans, span_tokens
 from ..probe import AttentionProbe
 from ..record import AttentionRecord
@@ -87,6 +87,10 @@ class Backbone:
 
     # What the processor appends after the text, if anything (it is not part of any phrase).
     text_suffix: str = ""
+    # The family's view kinds in the fit's stacked channel order (AttentionRecord.stacked): fixed per family,
+    # whatever views an image gets, so that a one-tile image stacks to the channels of a tiled one (zeros
+    # where its "tiles" would be). Each record carries it in meta["view_kinds"].
+    view_kinds: tuple[str, ...] = (GLOBAL,)
 
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, instruction: str = DEFAULT_INSTRUCTION):
         # Frozen means frozen: no gradient can reach the model's weights through a backbone.
@@ -218,6 +222,7 @@ class Backbone:
                         "model_type": self.model.config.model_type,
                         "pooling": pooling,
                         "instruction": self.instruction,
+                        "view_kinds": list(self.view_kinds),
                     },
                 )
             )

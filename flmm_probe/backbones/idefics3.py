@@ -30,6 +30,8 @@ _TILE_TAG = re.compile(r"<row_(\d+)_col_(\d+)>")
 class Idefics3Backbone(Backbone):
     """Idefics3 / SmolVLM: one "tiles" view per tagged tile (its own box), the global run as "global"."""
 
+    view_kinds = (GLOBAL, TILES)
+
     def layout(self, inputs: BatchFeature, index: int, image_size: tuple[int, int]) -> Layout:
         height, width = image_size
         per_tile = self.processor.image_seq_len

@@ -23,6 +23,8 @@ from .base import Backbone, image_positions, register_backbone
 class InternVLBackbone(Backbone):
     """InternVL: one "tiles" view per crop (its own box), the thumbnail as the "global" view."""
 
+    view_kinds = (GLOBAL, TILES)
+
     def layout(self, inputs: BatchFeature, index: int, image_size: tuple[int, int]) -> Layout:
         height, width = image_size
         per_tile = self.processor.image_seq_length

@@ -31,6 +31,8 @@ Box = tuple[float, float, float, float]
 class LlavaNextBackbone(Backbone):
     """Any-resolution LLaVA: a "global" base view and a "tiles" view of the stitched, unpadded tiles."""
 
+    view_kinds = (GLOBAL, TILES)
+
     def layout(self, inputs: BatchFeature, index: int, image_size: tuple[int, int]) -> Layout:
         config = self.model.config
         tile_px = config.vision_config.image_size  # side of one tile, in processed pixels
