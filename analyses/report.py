@@ -90,7 +90,10 @@ def _applications(run: Path) -> list[str]:
              f"({reason['no_phrase']} answers without a phrase); baselines keep the answer's phrases and replace "
              "their masks.", "",
              "| | GCG recall | GCG mIoU | GCG AP50 | reasoning gIoU | reasoning cIoU |", "|---|---|---|---|---|---|"]
-    for name, prefix in (("fitted decoder + refiner", ""), ("a random object", "random_object/"), ("centre prior", "centre_prior/")):
+    for name, prefix in (("fitted decoder + refiner", ""), ("attention alone (top heads, thresholded)", "attention/"),
+                         ("a random object", "random_object/"), ("centre prior", "centre_prior/")):
+        if prefix + "recall" not in gcg or prefix + "giou" not in reason:
+            continue
         lines.append(f"| {name} | {100 * gcg[prefix + 'recall']:.1f} | {100 * gcg[prefix + 'miou']:.1f} | "
                      f"{100 * gcg[prefix + 'ap50']:.1f} | {100 * reason[prefix + 'giou']:.1f} | {100 * reason[prefix + 'ciou']:.1f} |")
     lines += ["", "GLaMM's mIoU and AP50 pair predicted masks with objects whatever the phrase says, so a random object's "

@@ -14,10 +14,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from segment_anything import SamPredictor
 
-from flmm_probe.metrics import intersection_union, mask_to_grid, res_scores
+from flmm_probe.metrics import head_heatmap, intersection_union, mask_to_grid, res_scores
 
 from .score import ScoredSample, centre_prior, record_maps
 
@@ -27,19 +26,6 @@ METHODS = ("attention", "sam_box", "sam_point", "sam_box_point")
 # maps. The oracle is the best any single map on that grid can do with this decoding: a coarse grid
 # caps the method before the heads do.
 BASELINES = ("uniform", "centre", "grid_oracle")
-
-
-def head_heatmap(maps: torch.Tensor, heads: Sequence[tuple[int, int]], image_size: tuple[int, int]) -> torch.Tensor:
-    """(phrase, H, W) in [0, 1]: the chosen heads' maps, each min-max normalised, averaged, resized to
-    the image (bilinear) and normalised again. maps: (phrase, layer, head, y, x) image-space canvases."""
-    layers, cols = zip(*heads)
-    chosen = maps[:, list(layers), list(cols)]  # (phrase, K, y, x)
-    low = chosen.amin((-2, -1), keepdim=True)
-    high = chosen.amax((-2, -1), keepdim=True)
-    mean = ((chosen - low) / (high - low).clamp_min(1e-12)).mean(1, keepdim=True)
-    heat = F.interpolate(mean, size=image_size, mode="bilinear", align_corners=False)[:, 0]
-    low, high = heat.amin((-2, -1), keepdim=True), heat.amax((-2, -1), keepdim=True)
-    return (heat - low) / (high - low).clamp_min(1e-12)
 
 
 def grid_oracle(masks: Sequence[np.ndarray], grid: tuple[int, int]) -> torch.Tensor:

@@ -31,10 +31,11 @@ from scipy import ndimage
 
 from .backbones import Backbone
 from .data.shapes import COLOURS, NUMBERS, PLURALS, SHAPES, SIZES
-from .evaluate import segment
+from .evaluate import ground, segment
 from .decoder import Grounder
 from .images import ImageLike, to_rgb
 from .phrases import PhraseLike, Span, resolve_spans
+from .record import AttentionRecord
 
 PhraseSource = Callable[[str], Sequence[PhraseLike]] | Sequence[PhraseLike]
 
@@ -66,7 +67,8 @@ class GroundedPhrase:
 @dataclass
 class GroundedAnswer:
     """What the model answered and where its phrases are. ``tokens``: the generated ids (end of sequence and
-    padding left out); ``exact``: the answer retokenized after the prompt gives exactly ``tokens``."""
+    padding left out); ``exact``: the answer retokenized after the prompt gives exactly ``tokens``; ``record``:
+    the probe's record of the answer's phrases (None when nothing was grounded)."""
 
     question: str
     text: str
@@ -74,6 +76,7 @@ class GroundedAnswer:
     phrases: list[GroundedPhrase] = field(default_factory=list)
     exact: bool = True
     note: str = ""
+    record: AttentionRecord | None = field(default=None, repr=False)
 
 
 def with_instruction(backbone: Backbone, instruction: str) -> Backbone:
@@ -128,10 +131,10 @@ def ground_answer(backbone: Backbone, grounder: Grounder, image: ImageLike, ques
     if not found:
         answer.note = "no phrase to ground"
         return answer
-    masks, coarse, refined = segment(asked, grounder, pil, text, found)
+    answer.record, coarse, refined = ground(asked, grounder, pil, text, found)
     logits = refined if refined is not None else coarse
     probabilities = torch.sigmoid(logits).numpy()
-    for (start, end), mask, p in zip(resolve_spans(text, found), masks, probabilities):
+    for (start, end), mask, p in zip(resolve_spans(text, found), (logits > 0).numpy(), probabilities):
         answer.phrases.append(GroundedPhrase(text[start:end], start, end, mask, float(p[mask].mean()) if mask.any() else 0.0))
     return answer
 

@@ -20,6 +20,7 @@ Every stage reads what the stage before wrote; rerunning resumes the recordings 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,11 @@ import torch
 from segment_anything import SamPredictor
 
 from analyses.counterfactual import run as run_counterfactual
+from analyses.report import results_markdown
 from analyses.run import analyze, load
 from analyses.score import ScoredSample
 from analyses.training_steps import training_steps_frame
-from analyses.training_free import evaluate_training_free, head_heatmap, training_free_masks
+from analyses.training_free import evaluate_training_free, training_free_masks
 from figures.overlays import head_scores
 from figures.render import render_all
 
@@ -39,13 +41,13 @@ from .backbones import Backbone, load_backbone
 from .data.samples import GroundingDataset
 from .data.shapes import ShapesDataset
 from .data.sources import ShapesGrounding
-from .evaluate import evaluate, overlay, segment
 from .decoder import Grounder, load_grounder
+from .evaluate import evaluate, overlay, segment
 from .fit import FitConfig, fit
 from .grounded_tasks import evaluate_cot, evaluate_gcg, evaluate_reasoning
+from .metrics import head_heatmap
 from .organism import load_organism, load_organism_sam
 from .record_job import record_dataset
-from analyses.report import results_markdown
 from .store import Store
 
 TRAINING_FREE_HEADS = 3
@@ -99,7 +101,9 @@ def run_demo(
     # The LMM's own answers, grounded: descriptions (GCG) and reasoning questions, on the held-out scenes; the
     # chain of thought on the zoom split, where objects are too small to read in the model's view.
     scenes = list(ShapesDataset("test", num_scenes))
-    for name, task, split in (("gcg", evaluate_gcg, scenes), ("reason", evaluate_reasoning, scenes),
+    # Attention alone (the top heads, chosen on the train split) is their baseline beside a random object and the centre.
+    for name, task, split in (("gcg", partial(evaluate_gcg, heads=heads), scenes),
+                              ("reason", partial(evaluate_reasoning, heads=heads), scenes),
                               ("cot", evaluate_cot, list(ShapesDataset("zoom", num_scenes)))):
         rows, scores = task(backbone, grounder, split, progress=False)
         rows.to_parquet(out / f"{name}.parquet")

@@ -29,6 +29,7 @@ from .data.samples import GroundingDataset, GroundingSample, stored_samples
 from .decoder import Grounder
 from .metrics import average_recall, intersection_union, res_scores
 from .phrases import PhraseLike
+from .record import AttentionRecord
 from .ranks import gather, join, share
 from .store import Store
 
@@ -201,6 +202,20 @@ def segment(
     coarse, refined: (n, H, W) float logits at the original image size; refined is None without a refiner.
     The text is recorded as the assistant's answer with the grounder's pooling, as the store was.
     """
+    _, coarse, refined = ground(backbone, grounder, image, text, phrases)
+    masks = ((refined if refined is not None else coarse) > 0).numpy()
+    return masks, coarse, refined
+
+
+@torch.no_grad()
+def ground(
+    backbone: Backbone,
+    grounder: Grounder,
+    image: ImageLike,
+    text: str,
+    phrases: Sequence[PhraseLike],
+) -> tuple[AttentionRecord, torch.Tensor, torch.Tensor | None]:
+    """`segment`'s two steps, keeping the record: (record, coarse, refined), the logits on the CPU."""
     pil = load_image(image)
     grounder.eval()
     use_text = grounder.refiner is not None and grounder.refiner.use_text
@@ -209,8 +224,7 @@ def segment(
     if grounder.refiner is not None:
         embedding, input_size, _ = grounder.refiner.embed(pil)
     coarse, refined = grounder.ground(record, embedding, input_size)
-    masks = ((refined if refined is not None else coarse) > 0).cpu().numpy()
-    return masks, coarse.cpu(), refined.cpu() if refined is not None else None
+    return record, coarse.cpu(), refined.cpu() if refined is not None else None
 
 
 def overlay(

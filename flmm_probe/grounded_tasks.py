@@ -15,8 +15,8 @@ answer is grounded (``apps.ground_answer``), and the masks are scored as GLaMM's
 Reasoning segmentation: each ``shapes.reasoning_questions`` question ("which object is the largest?") is
 answered, the answer's first object phrase is segmented, and gIoU (mean per-question IoU) and cIoU (summed
 intersections over summed unions) are scored against the answer's object; an answer with no phrase scores
-IoU 0 and is counted. Baselines on the same phrases: a random object of the scene, and a centred disk
-(``BASELINES``). ``evaluate_reasonseg`` does the same on the public ReasonSeg format, LISA's ignored
+IoU 0 and is counted. Baselines on the same phrases: a random object of the scene, a centred disk, and, given
+localization heads, attention alone: their maps of the phrase thresholded, no parameter trained (``BASELINES``). ``evaluate_reasonseg`` does the same on the public ReasonSeg format, LISA's ignored
 pixels left out.
 
 Visual chain of thought: on the ``zoom`` split (3-5 objects on a canvas four times wider, so that in the model's
@@ -46,7 +46,7 @@ from .backbones import Backbone
 from .data.reasonseg import ReasonSegSample, iou_ignoring
 from .data.shapes import COLOURS, DESCRIBE, IMAGE_SIZE, PLURALS, QA, SHAPES, SIZES, Obj, Scene, reasoning_questions
 from .decoder import Grounder
-from .metrics import intersection_union
+from .metrics import head_heatmap, intersection_union
 from .organism.evaluate import caption_hits
 
 IOU_THRESHOLD = 0.5
@@ -127,8 +127,10 @@ def ap50(scenes: Sequence[Scene], answers: Sequence[GroundedAnswer]) -> float:
 
 
 # Baselines that keep the answer's phrases and replace their masks: a random object of the scene (chance at
-# choosing), and a centred disk of the median object area (where objects tend to be).
-BASELINES = ("random_object", "centre_prior")
+# choosing), a centred disk of the median object area (where objects tend to be), and, where heads are given,
+# attention alone: the heads' maps of the phrase as a heat map (metrics.head_heatmap) >= ATTENTION_THRESHOLD.
+BASELINES = ("random_object", "centre_prior", "attention")
+ATTENTION_THRESHOLD = 0.5
 CENTRE_RADIUS = 10.0  # px: a disk of about the median object area (small and large objects alike)
 
 
@@ -138,26 +140,39 @@ def centre_prior(size: tuple[int, int], radius: float = CENTRE_RADIUS) -> np.nda
     return (y - size[0] / 2) ** 2 + (x - size[1] / 2) ** 2 <= radius**2
 
 
-def baseline_answer(answer: GroundedAnswer, scene: Scene, baseline: str, rng: np.random.Generator) -> GroundedAnswer:
-    """``answer`` with each phrase's mask replaced by the ``baseline``'s (``BASELINES``); scores stay."""
-    def mask() -> np.ndarray:
-        if baseline == "random_object":
-            return scene.objects[int(rng.integers(len(scene.objects)))].mask
-        return centre_prior(scene.image.shape[:2])
+def attention_masks(answer: GroundedAnswer, heads: Sequence[tuple[int, int]], size: tuple[int, int]) -> list[np.ndarray]:
+    """Per phrase of ``answer``, (H, W) bool: attention alone, ``heads``' fused maps as a heat map >= ATTENTION_THRESHOLD."""
+    if not answer.phrases:
+        return []
+    return list((head_heatmap(answer.record.fused(), heads, size) >= ATTENTION_THRESHOLD).numpy())
 
-    phrases = [dataclasses.replace(p, mask=mask()) for p in answer.phrases]
+
+def baseline_answer(answer: GroundedAnswer, scene: Scene, baseline: str, rng: np.random.Generator,
+                    heads: Sequence[tuple[int, int]] | None = None) -> GroundedAnswer:
+    """``answer`` with each phrase's mask replaced by the ``baseline``'s (``BASELINES``; "attention" needs ``heads``);
+    scores stay."""
+    size = scene.image.shape[:2]
+    if baseline == "attention":
+        masks = attention_masks(answer, heads, size)
+    elif baseline == "random_object":
+        masks = [scene.objects[int(rng.integers(len(scene.objects)))].mask for _ in answer.phrases]
+    else:
+        masks = [centre_prior(size) for _ in answer.phrases]
+    phrases = [dataclasses.replace(p, mask=m) for p, m in zip(answer.phrases, masks)]
     return dataclasses.replace(answer, phrases=phrases)
 
 
 def evaluate_gcg(backbone: Backbone, grounder: Grounder, scenes: Sequence[Scene], max_new_tokens: int = 48,
-                 progress: bool = True, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+                 progress: bool = True, seed: int = 0, heads: Sequence[tuple[int, int]] | None = None
+                 ) -> tuple[pd.DataFrame, dict]:
     """GCG on ``scenes``: per-image rows (scene, answer, objects, phrases, matched, miou) and the summary
     (recall, miou, ap50, caption attributes, answers without a phrase), and the same recall / mIoU / AP50 for
-    each of ``BASELINES`` on the same phrases ("<baseline>/recall", ...; ``seed`` draws the random objects)."""
+    each of ``BASELINES`` on the same phrases ("<baseline>/recall", ...; ``seed`` draws the random objects;
+    "attention" only with ``heads``, chosen on other scenes)."""
     rng = np.random.default_rng(seed)
     answers, rows = [], []
     caption: dict[str, list[bool]] = {}
-    baselines: dict[str, list[GroundedAnswer]] = {b: [] for b in BASELINES}
+    baselines: dict[str, list[GroundedAnswer]] = {b: [] for b in BASELINES if heads or b != "attention"}
     for scene in tqdm(scenes, desc="gcg", disable=not progress):
         answer = ground_answer(backbone, grounder, scene.image, DESCRIBE, shapes_phrases, max_new_tokens)
         answers.append(answer)
@@ -167,7 +182,7 @@ def evaluate_gcg(backbone: Backbone, grounder: Grounder, scenes: Sequence[Scene]
         row = {"scene": f"{scene.split}/{scene.index}", "answer": answer.text, "phrases": len(answer.phrases),
                "note": answer.note, **scores}
         for name, kept in baselines.items():
-            kept.append(baseline_answer(answer, scene, name, rng))
+            kept.append(baseline_answer(answer, scene, name, rng, heads))
             other = gcg_scores(scene, kept[-1])
             row |= {f"{name}/matched": other["matched"], f"{name}/miou": other["miou"]}
         rows.append(row)
@@ -181,11 +196,12 @@ def evaluate_gcg(backbone: Backbone, grounder: Grounder, scenes: Sequence[Scene]
     return frame, summary
 
 
-def evaluate_reasoning(backbone: Backbone, grounder: Grounder, scenes: Sequence[Scene], progress: bool = True
-                       ) -> tuple[pd.DataFrame, dict]:
+def evaluate_reasoning(backbone: Backbone, grounder: Grounder, scenes: Sequence[Scene], progress: bool = True,
+                       heads: Sequence[tuple[int, int]] | None = None) -> tuple[pd.DataFrame, dict]:
     """Reasoning segmentation on every reasoning question of ``scenes``: per-question rows (scene, question,
     kind, answer, right (the answer is the expected phrase), intersection, union, iou) and the summary (gIoU,
-    cIoU, answer accuracy overall and by kind, answers without a phrase)."""
+    cIoU, answer accuracy overall and by kind, answers without a phrase), with ``BASELINES`` ("attention" only
+    with ``heads``)."""
     rows = []
     items = [(s, r) for s in scenes for r in reasoning_questions(s.objects)]
     for scene, question in tqdm(items, desc="reasoning", disable=not progress):
@@ -202,11 +218,14 @@ def evaluate_reasoning(backbone: Backbone, grounder: Grounder, scenes: Sequence[
                 "random_object/iou": np.mean([i / u for i, u in pairs])}
         i, u = intersection_union(centre_prior(truth.shape), truth)
         row |= {"centre_prior/intersection": i, "centre_prior/union": u, "centre_prior/iou": i / u}
+        if heads:
+            i, u = intersection_union((attention_masks(answer, heads, truth.shape) or [np.zeros_like(truth)])[0], truth)
+            row |= {"attention/intersection": i, "attention/union": u, "attention/iou": i / u}
         rows.append(row)
     frame = pd.DataFrame(rows)
     summary = {"questions": len(frame), "giou": frame["iou"].mean(), "ciou": frame["intersection"].sum() / frame["union"].sum(),
                "answer_accuracy": frame["right"].mean(), "no_phrase": int((~frame["grounded"]).sum())}
-    for name in BASELINES:
+    for name in (b for b in BASELINES if f"{b}/iou" in frame):
         summary |= {f"{name}/giou": frame[f"{name}/iou"].mean(),
                     f"{name}/ciou": frame[f"{name}/intersection"].sum() / frame[f"{name}/union"].sum()}
     for kind, part in frame.groupby("kind"):

@@ -3,10 +3,13 @@
 Every map metric takes maps (..., Y, X) and mask coverage (..., Y, X) at the map's resolution (broadcast
 against each other), where coverage is the fraction of each cell's area inside the mask, from
 `mask_to_grid` (area / box-filter downsampling of the full-resolution mask). A cell counts as inside the
-mask when its coverage is >= 0.5.
+mask when its coverage is >= 0.5. `head_heatmap` turns chosen heads' maps into a heat map at the image's size,
+which thresholded is attention's own mask (no parameter trained).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -218,3 +221,16 @@ def average_recall(iou: np.ndarray, step: float = AR_STEP) -> float:
     n_thresholds = round(1 / step) - 1
     counted = np.minimum(np.floor(iou / step + 1e-9) + 1, n_thresholds)
     return float((step * counted).mean())
+
+
+def head_heatmap(maps: torch.Tensor, heads: Sequence[tuple[int, int]], image_size: tuple[int, int]) -> torch.Tensor:
+    """(phrase, H, W) in [0, 1]: the chosen heads' maps, each min-max normalised, averaged, resized to
+    the image (bilinear) and normalised again. maps: (phrase, layer, head, y, x) image-space canvases."""
+    layers, cols = zip(*heads)
+    chosen = maps[:, list(layers), list(cols)]  # (phrase, K, y, x)
+    low = chosen.amin((-2, -1), keepdim=True)
+    high = chosen.amax((-2, -1), keepdim=True)
+    mean = ((chosen - low) / (high - low).clamp_min(1e-12)).mean(1, keepdim=True)
+    heat = F.interpolate(mean, size=image_size, mode="bilinear", align_corners=False)[:, 0]
+    low, high = heat.amin((-2, -1), keepdim=True), heat.amax((-2, -1), keepdim=True)
+    return (heat - low) / (high - low).clamp_min(1e-12)

@@ -5,7 +5,8 @@ import torch
 from segment_anything import SamPredictor
 
 from analyses.score import ScoredSample
-from analyses.training_free import evaluate_training_free, grid_oracle, head_heatmap
+from analyses.training_free import evaluate_training_free, grid_oracle
+from flmm_probe.metrics import head_heatmap
 from flmm_probe.record import AttentionRecord
 
 from test_refiner import tiny_sam

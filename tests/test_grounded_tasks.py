@@ -113,6 +113,23 @@ def test_baselines_replace_masks_and_keep_phrases():
     assert answer.phrases[0].mask is SCENE.objects[0].mask, "the answer itself is left as it was"
 
 
+def test_attention_baseline_thresholds_the_chosen_heads_of_each_phrase():
+    from flmm_probe.grounded_tasks import attention_masks
+    from flmm_probe.record import AttentionRecord
+
+    answer = _answer([(f"the {o.shape}", o.mask) for o in SCENE.objects[:2]])
+    maps = torch.zeros(2, 2, 3, 10, 10)  # (phrase, layer, head, y, x)
+    maps[0, 1, 2, 2:4, 5:7] = 1.0  # phrase 0: head (1, 2) looks at one block; head (0, 0) is flat
+    maps[1, 1, 2, 6:8, 1:3] = 1.0
+    answer.record = AttentionRecord(text=answer.text, phrases=[p.text for p in answer.phrases],
+                                    spans=[(p.start, p.end) for p in answer.phrases], maps={"global": maps}, image_size=(80, 80))
+    first, second = baseline_answer(answer, SCENE, "attention", np.random.default_rng(0), heads=[(1, 2)]).phrases
+    # Cells 2-3 x 5-6 of the 10 x 10 grid are pixels 16-31 x 40-55 of the 80 x 80 image.
+    assert first.mask[20:28, 44:52].all() and not first.mask[:12].any() and not first.mask[:, :36].any()
+    assert second.mask[52:60, 12:20].all() and not second.mask[:44].any()
+    assert attention_masks(_answer([]), [(1, 2)], (80, 80)) == []
+
+
 def test_crop_box_centres_the_most_probable_piece_and_stays_inside():
     mask = np.zeros((320, 320), bool)
     mask[100:110, 200:220] = True  # the piece holding the peak
