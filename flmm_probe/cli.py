@@ -349,7 +349,7 @@ def _organism_train(args: argparse.Namespace) -> int:
 
 
 def _organism_evaluate(args: argparse.Namespace) -> int:
-    from .organism.evaluate import main as evaluate_main
+    from .organism.scores import main as evaluate_main
 
     return evaluate_main(args.rest)
 

@@ -10,7 +10,7 @@ answer is grounded (``apps.ground_answer``), and the masks are scored as GLaMM's
   the paired IoUs (0 for an image with none), averaged over images;
 - ``ap50``: COCO mask AP at IoU 0.5 (pycocotools' COCOeval, one category, each phrase scored by its mean
   mask probability);
-- ``caption``: per object, the answer names its size, colour and shape (``organism.evaluate.caption_hits``).
+- ``caption``: per object, the answer names its size, colour and shape (``organism.scores.caption_hits``).
 
 Reasoning segmentation: each ``shapes.reasoning_questions`` question ("which object is the largest?") is
 answered, the answer's first object phrase is segmented, and gIoU (mean per-question IoU) and cIoU (summed
@@ -47,7 +47,7 @@ from .data.reasonseg import ReasonSegSample, iou_ignoring
 from .data.shapes import COLOURS, DESCRIBE, IMAGE_SIZE, PLURALS, QA, SHAPES, SIZES, Obj, Scene, reasoning_questions
 from .decoder import Grounder
 from .metrics import head_heatmap, intersection_union
-from .organism.evaluate import caption_hits
+from .organism.scores import caption_hits
 
 IOU_THRESHOLD = 0.5
 

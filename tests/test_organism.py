@@ -27,9 +27,9 @@ from flmm_probe.organism import (
     organism_path,
     shipped_steps,
 )
-from flmm_probe.organism import evaluate
+from flmm_probe.organism import scores as organism_scores
 from flmm_probe.organism.build import VARIANTS, SamConfig, build_processor, build_sam
-from flmm_probe.organism.evaluate import (
+from flmm_probe.organism.scores import (
     PHRASE_WORDS,
     caption_accuracy,
     caption_hits,
@@ -39,7 +39,7 @@ from flmm_probe.organism.evaluate import (
     qa_accuracy,
     teacher_forced_accuracy,
 )
-from flmm_probe.organism.sam import box_miou, load_sam, save_sam, saved_sam_config
+from flmm_probe.organism.sam import box_miou, load_saved_sam, save_sam, saved_sam_config
 from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, TextRecipe, conversation, encode, grounded_expression,
                                       object_listing, referring_questions, shuffled_inventory)
 from flmm_probe.organism import text, train
@@ -432,8 +432,8 @@ def test_referring_accuracy_scores_answers_by_expression_kind(monkeypatch):
         qas = [asked[id(image), question] for image, question in zip(images, instructions)]
         return [qa.answer if qa.kind == "relational" else other[qa.answer] + " ." for qa in qas]
 
-    monkeypatch.setattr(evaluate, "generate", oracle)
-    scores = evaluate.referring_accuracy(None, None, scenes)
+    monkeypatch.setattr(organism_scores, "generate", oracle)
+    scores = organism_scores.referring_accuracy(None, None, scenes)
     n = {k: sum(q.kind == k for q in asked.values()) for k in ("relational", "superlative")}
     assert n["relational"] > 3 and n["superlative"] > 3
     assert scores == {"all": pytest.approx(n["relational"] / sum(n.values())), "relational": 1.0, "superlative": 0.0}
@@ -451,7 +451,7 @@ def test_expression_pointing_scores_each_expression_on_its_referent(monkeypatch)
         head0 = torch.stack([2 * mask_to_grid(other.mask, (10, 10))] * (n - 1) + [mask_to_grid(expression.mask, (10, 10))])
         return torch.stack([head0, torch.ones(n, 10, 10)], dim=1)[:, None]  # (token, layer, head, gy, gx)
 
-    monkeypatch.setattr(evaluate, "answer_maps", oracle)
+    monkeypatch.setattr(organism_scores, "answer_maps", oracle)
     scenes = CROWDED[:12]
     scores = expression_pointing(None, None, scenes, pooling="last")
     kinds = {e.kind for s in scenes for e in s.expressions}
@@ -655,7 +655,7 @@ def test_a_sam_saved_before_windows_existed_loads_with_global_attention(tmp_path
         del saved["sam_config"][key]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert saved_sam_config(tmp_path) == cfg
-    assert [block.window_size for block in load_sam(tmp_path).image_encoder.blocks] == [0]
+    assert [block.window_size for block in load_saved_sam(tmp_path).image_encoder.blocks] == [0]
 
 
 def test_shipped_size_budget():
@@ -713,8 +713,8 @@ def test_expression_pointing_of_shipped_small_is_documented(small):
 
 def test_referring_and_reasoning_answers_of_shipped_small_are_documented(small):
     documented = _documented("small")
-    assert evaluate.referring_accuracy(*small, HELD_OUT) == pytest.approx(documented["qa_referring"], abs=1e-9)
-    assert evaluate.reasoning_accuracy(*small, HELD_OUT) == pytest.approx(documented["reasoning"], abs=1e-9)
+    assert organism_scores.referring_accuracy(*small, HELD_OUT) == pytest.approx(documented["qa_referring"], abs=1e-9)
+    assert organism_scores.reasoning_accuracy(*small, HELD_OUT) == pytest.approx(documented["reasoning"], abs=1e-9)
 
 
 def test_pointing_by_word(pointing_words):
@@ -739,7 +739,7 @@ def test_shipped_small_captions_are_documented(caption_scores):
 
 def test_shipped_small_meets_the_question_bars(qa_scores):
     assert qa_scores["all"] >= QA_BAR, qa_scores
-    majority = evaluate.majority_baseline(HELD_OUT)
+    majority = organism_scores.majority_baseline(HELD_OUT)
     assert all(qa_scores[kind] > majority[kind] for kind in majority if kind != "all"), (qa_scores, majority)
     assert qa_scores == pytest.approx(_documented("small")["qa"], abs=1e-9)
 

@@ -19,7 +19,7 @@ from segment_anything.modeling import Sam
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
 from flmm_probe.organism.build import VARIANTS
-from flmm_probe.organism.sam import load_sam
+from flmm_probe.organism.sam import load_saved_sam
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -59,7 +59,7 @@ def load_organism(variant: str = "small", step: int | None = None,
 
 def load_organism_sam() -> Sam:
     """The shipped organism SAM (float32, eval mode); it segments IMAGE_SIZE x IMAGE_SIZE scenes."""
-    return load_sam(WEIGHTS_DIR / "sam")
+    return load_saved_sam(WEIGHTS_DIR / "sam")
 
 
 __all__ = ["WEIGHTS_DIR", "OrganismNotFoundError", "load_organism", "load_organism_sam", "organism_path", "shipped_steps"]

@@ -145,7 +145,7 @@ def saved_sam_config(path: Path) -> SamConfig:
     return SamConfig(**{**saved, "global_layers": tuple(saved["global_layers"])})
 
 
-def load_sam(path: Path) -> Sam:
+def load_saved_sam(path: Path) -> Sam:
     """The Sam saved by ``save_sam`` at ``path``, float32, in eval mode."""
     sam = build_sam(saved_sam_config(path))
     state = {k: v.float() for k, v in load_file(str(path / "model.safetensors")).items()}

@@ -31,8 +31,8 @@ from transformers import LlavaForConditionalGeneration
 
 from flmm_probe.data.shapes import IMAGE_SIZE, make_scene
 from flmm_probe.organism.build import VARIANTS, SamConfig, build_lmm, build_processor, build_sam
-from flmm_probe.organism.evaluate import teacher_forced_accuracy
-from flmm_probe.organism.sam import load_sam, sam_loss_on_batch, save_sam, saved_sam_config
+from flmm_probe.organism.scores import teacher_forced_accuracy
+from flmm_probe.organism.sam import load_saved_sam, sam_loss_on_batch, save_sam, saved_sam_config
 from flmm_probe.organism.text import DESCRIPTIONS, LISTING_ORDERS, REFERRABLE_KINDS, TextRecipe, collate, conversation, encode
 from flmm_probe.organism.vision import optimizer_step, pretrain_vision
 
@@ -237,7 +237,7 @@ def train_sam(out: Path, steps: int = SAM_STEPS, batch: int = SAM_BATCH, lr: flo
     elif cfg is None:
         cfg = SamConfig()
     torch.manual_seed(seed)
-    sam = build_sam(cfg) if init is None else load_sam(init)
+    sam = build_sam(cfg) if init is None else load_saved_sam(init)
     history = [] if init is None else json.loads((init / "config.json").read_text())["training"]["stages"]
     first = sum(stage["steps"] * stage["batch"] for stage in history)  # scenes used by earlier stages
     sam.train()

@@ -41,7 +41,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForCon
 from flmm_probe.backbones import Backbone, load_backbone
 from flmm_probe.data.shapes import COLOURS, DESCRIBE, QA, SHAPES, SIZES, Scene, expression_group, make_scene, reasoning_questions
 from flmm_probe.metrics import mask_to_grid, pointing_game
-from flmm_probe.organism.sam import box_miou, load_sam
+from flmm_probe.organism.sam import box_miou, load_saved_sam
 from flmm_probe.organism.text import IGNORE, REFERRABLE_KINDS, collate, encode, referring_questions
 from flmm_probe.phrases import POOLINGS, pool
 
@@ -335,7 +335,7 @@ def report(path: str, n: int = 100, splits: tuple[str, ...] = SPLITS, seed: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flmm_probe.organism.evaluate PATH [PATH ...]``: JSON scores of saved organisms."""
+    """``python -m flmm_probe.organism.scores PATH [PATH ...]``: JSON scores of saved organisms."""
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("paths", nargs="+", help="save_pretrained folders of organism LMMs")
     p.add_argument("--n", type=int, default=100, help="scenes per split")
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [report(path, args.n, tuple(args.splits), pointing_only=args.pointing_only,
                       expression_poolings=tuple(args.expression_pooling)) for path in args.paths]
     if args.sam:
-        sam = load_sam(Path(args.sam))
+        sam = load_saved_sam(Path(args.sam))
         results.append({"path": args.sam, **{s: {"box_miou": box_miou(sam, [make_scene(s, i) for i in range(args.n)])} for s in args.splits}})
     sys.stdout.write(json.dumps(results, indent=1) + "\n")
     return 0
