@@ -40,8 +40,8 @@ from flmm_probe.organism.scores import (
     teacher_forced_accuracy,
 )
 from flmm_probe.organism.sam import box_miou, load_saved_sam, save_sam, saved_sam_config
-from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, TextRecipe, conversation, encode, grounded_expression,
-                                      object_listing, referring_questions, shuffled_inventory)
+from flmm_probe.organism.text import (DESCRIPTIONS, IGNORE, LOCATE_OBJECTS, TextRecipe, conversation, encode, grounded_expression,
+                                      located_caption, object_listing, place, referring_questions, shuffled_inventory)
 from flmm_probe.organism import text, train
 from flmm_probe.organism.train import (AUTOCAST, RECIPES, SAM_BATCH, SAM_LR, SAM_SEED, SAM_STEPS, VISION_LR_SCALE, main,
                                        shared_threads, text_recipe, train_lmm)
@@ -85,12 +85,13 @@ def test_offsets_map_words():
     assert [text[a:b] for a, b in enc["offset_mapping"]] == ["two", "green", "crosses", ",", "a", "small", "red", "circle", "."]
 
 
-@pytest.mark.parametrize("opener", ["caption", "inventory", "name_objects"])
+@pytest.mark.parametrize("opener", ["caption", "inventory", "name_objects", "locate_objects"])
 def test_training_ids_match_the_processor(opener):
     processor = build_processor(8)
     scene = make_scene("val", 4)
     first = {"caption": (DESCRIBE, scene.caption), "inventory": (LIST_OBJECTS, scene.inventory),
-             "name_objects": (NAME_OBJECTS, object_listing(scene, np.random.default_rng(0)))}[opener]
+             "name_objects": (NAME_OBJECTS, object_listing(scene, np.random.default_rng(0))),
+             "locate_objects": (LOCATE_OBJECTS, located_caption(scene, np.random.default_rng(0)))}[opener]
     turns = [first, (scene.qa[0].question, scene.qa[0].answer)]
     ids, labels = encode(turns, processor.tokenizer, 100)
     messages = [
@@ -284,7 +285,7 @@ def test_referring_questions_option_replaces_the_first_question_where_a_scene_ha
     asked = {(q.question, q.answer) for q in referring_questions(asking, ("relational",))}
     plain = [conversation(asking, np.random.default_rng(k), text_recipe("small", reasoning=0.0)) for k in range(200)]
     always = [conversation(asking, np.random.default_rng(k), text_recipe("small", reasoning=0.0, referring_questions=1.0)) for k in range(200)]
-    first = [1 if c[0][0] in (DESCRIBE, LIST_OBJECTS, NAME_OBJECTS) else 0 for c in always]  # after the description, if any
+    first = [1 if c[0][0] in (DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, LOCATE_OBJECTS) else 0 for c in always]  # after the description, if any
     for p, a, k in zip(plain, always, first):
         assert a[k] in asked and a[:k] == p[:k] and a[k + 1:] == p[k + 1:], "only the first question changes"
     half = [conversation(asking, np.random.default_rng(k), text_recipe("small", reasoning=0.0, referring_questions=0.5)) for k in range(200)]
@@ -296,6 +297,10 @@ def test_referring_questions_option_replaces_the_first_question_where_a_scene_ha
 def test_text_recipe_refuses_what_it_cannot_mean():
     with pytest.raises(ValueError, match="needs grounded_expressions"):
         TextRecipe(ranked_expressions=True)
+    with pytest.raises(ValueError, match="located_expressions changes"):
+        TextRecipe(located_expressions=True)
+    with pytest.raises(ValueError, match="located_captions is a probability"):
+        TextRecipe(located_captions=2.0)
     with pytest.raises(ValueError, match="relational_expressions is a probability"):
         TextRecipe(relational_expressions=1.5)
     with pytest.raises(ValueError, match="listing_leads are some of"):
@@ -309,6 +314,10 @@ def test_text_recipe_refuses_what_it_cannot_mean():
     with pytest.raises(TypeError, match="does not know"):
         text_recipe("small", relational=0.5)
     assert text_recipe("small", object_listings=None) == text_recipe("small"), "None keeps the variant's default"
+    bare = text_recipe("small", grounded_expressions=False)  # what changes grounded expressions goes with them
+    assert not (bare.located_expressions or bare.ranked_expressions)
+    with pytest.raises(ValueError, match="located_expressions changes"):  # unless asked for
+        text_recipe("small", grounded_expressions=False, located_expressions=True)
 
 
 def test_shuffled_inventory_names_the_same_objects_in_random_orders():
@@ -350,6 +359,58 @@ def test_object_listings_name_every_object_shape_first_in_random_orders():
     assert all(p == a for p, a in zip(plain, always) if p[0][1] != scene.caption)
     listed = sum(h[0][0] == NAME_OBJECTS for p, h in zip(plain, half) if p[0][1] == scene.caption)
     assert 0.3 * len(captioned) < listed < 0.7 * len(captioned)
+
+
+def test_place_names_the_half_left_or_right_and_top_or_bottom_of_the_centre():
+    scene = next(s for s in (make_scene("train", i) for i in range(50)) if len(s.objects) >= 4)
+    for o in scene.objects:
+        ys, xs = np.nonzero(o.mask)
+        horizontal, vertical = place(o).split()
+        assert horizontal == ("left" if xs.mean() < IMAGE_SIZE / 2 else "right") or abs(xs.mean() - IMAGE_SIZE / 2) < 2
+        assert vertical == ("above" if ys.mean() < IMAGE_SIZE / 2 else "below") or abs(ys.mean() - IMAGE_SIZE / 2) < 2
+    assert {place(o) for s in (make_scene("train", i) for i in range(20)) for o in s.objects} == \
+        {"left above", "left below", "right above", "right below"}
+    zoomed = make_scene("zoom", 0)  # on a larger canvas the halves are the canvas's
+    assert all(place(o).split()[0] == ("left" if o.cx < zoomed.image.shape[1] / 2 else "right") for o in zoomed.objects)
+
+
+def test_located_captions_follow_each_phrase_with_its_objects_place_in_random_orders():
+    scene = make_scene("train", 3)  # four objects, two of them alike
+    phrases = sorted(f"{p.text} {place(scene.objects[p.object_ids[0]])}" for p in scene.caption_phrases)
+    rng = np.random.default_rng(0)
+    located = [located_caption(scene, rng) for _ in range(50)]
+    assert all(sorted(x.removesuffix(".").replace(" and ", ", ").split(", ")) == phrases and x.endswith(".") for x in located)
+    assert len(set(located)) > 1
+    single = next(s for s in (make_scene("train", i) for i in range(50)) if len(s.objects) == 1)
+    assert located_caption(single, rng) == f"{single.caption.removesuffix('.')} {place(single.objects[0])}."
+    tokenizer = build_processor(8).tokenizer
+    assert tokenizer.unk_token_id not in tokenizer(LOCATE_OBJECTS + " " + located[0])["input_ids"], "words of the vocabulary"
+    # The option turns plain caption turns only (not listings) into located ones; at 0 it draws nothing.
+    plain = [conversation(scene, np.random.default_rng(k), TextRecipe(object_listings=0.5)) for k in range(300)]
+    assert plain == [conversation(scene, np.random.default_rng(k), TextRecipe(object_listings=0.5, located_captions=0.0))
+                     for k in range(300)]
+    always = [conversation(scene, np.random.default_rng(k), TextRecipe(object_listings=0.5, located_captions=1.0))
+              for k in range(300)]
+    captioned = [(p, a) for p, a in zip(plain, always) if p[0][1] == scene.caption]
+    assert captioned and all(a[0][0] == LOCATE_OBJECTS for _, a in captioned)
+    assert all(p == a for p, a in zip(plain, always) if p[0][0] != DESCRIBE or p[0][1] != scene.caption)
+    assert any(a[0][0] == NAME_OBJECTS for a in always), "listings are drawn first and stay"
+
+
+def test_located_expressions_say_the_referents_place_right_after_the_expression():
+    scene = next(s for s in (make_scene("train", i) for i in range(50))
+                 if {e.kind for e in s.expressions} >= {"attribute", "relational", "superlative"})
+    for e in scene.expressions:
+        unsaid = grounded_expression(scene, e)[len(e.text):]
+        assert grounded_expression(scene, e, located=True) == f"{e.text} {place(scene.objects[e.target])}{unsaid}"
+    # Look-alikes that colour and size cannot tell apart get different endings where they are in different places.
+    alike = [e for e in scene.expressions if e.kind == "relational"]
+    assert len({grounded_expression(scene, e, located=True) for e in alike}) == len({e.text for e in alike})
+    plain = [conversation(scene, np.random.default_rng(k), TextRecipe(grounded_expressions=True)) for k in range(200)]
+    located = [conversation(scene, np.random.default_rng(k), TextRecipe(grounded_expressions=True, located_expressions=True))
+               for k in range(200)]
+    changed = [(a, b) for a, b in zip(plain, located) if a != b]
+    assert changed and all(a[1:] == b[1:] and len(b[0][1].split()) == len(a[0][1].split()) + 2 for a, b in changed)
 
 
 def test_listings_may_lead_with_the_colour():
@@ -415,6 +476,9 @@ def test_recipe_options_refuse_bad_values(tmp_path, capsys):
     with pytest.raises(SystemExit):  # ranking words that are not appended would be a silent no-op
         main(["--out", str(tmp_path), "--sam-steps", "0", "--ranked-expressions", "--no-grounded-expressions"])
     assert "drop --no-grounded-expressions" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--sam-steps", "0", "--located-expressions", "--no-grounded-expressions"])
+    assert "--located-expressions changes" in capsys.readouterr().err
     with pytest.raises(ValueError, match="needs grounded_expressions"):  # so no train_lmm can be handed one
         text_recipe("small", grounded_expressions=False, ranked_expressions=True)
     assert not any(tmp_path.iterdir()), "nothing is trained"
@@ -467,6 +531,21 @@ def test_expression_pointing_scores_each_expression_on_its_referent(monkeypatch)
     assert mean["all"].hit[0, 0] < 0.5 and mean["all"].wrong_object[0, 0] > 0.5, "the mean map points at the other object"
 
 
+def test_shared_names_what_a_phrases_object_has_in_common_with_another():
+    scenes = [make_scene("test", i) for i in range(60)]
+    seen = set()
+    for scene in scenes:
+        for i, o in enumerate(scene.objects):
+            named = [j for j, q in enumerate(scene.objects) if q.words == o.words]
+            others = [q for j, q in enumerate(scene.objects) if j not in named]
+            keys = organism_scores._shared(scene, named)
+            for attribute in ("colour", "shape", "size"):
+                assert (attribute in keys) == any(getattr(q, attribute) == getattr(o, attribute) for q in others)
+            assert (keys == ["none"]) == all(q.colour != o.colour and q.shape != o.shape and q.size != o.size for q in others)
+            seen.update(keys)
+    assert seen == set(organism_scores.SHARED)
+
+
 def test_caption_hits_match_objects_in_any_order():
     scene = next(s for s in HELD_OUT if len(s.objects) == 3)
     a, b, c = (f"a {o.size} {o.colour} {o.shape}" for o in scene.objects)
@@ -495,7 +574,7 @@ def test_short_training_run_end_to_end(tmp_path):
 
 
 def test_recipe_defaults_per_variant_and_device_option(tmp_path):
-    # Options left out: each variant trains with its own lr, inventory and count questions (they differ between
+    # Options left out: each variant trains with its own lr and inventory (they differ between
     # the variants, so a wiring that fell back to one value would show); options override them.
     common = ["--steps", "1", "--batch", "2", "--checkpoints", "1", "--vision-steps", "1", "--sam-steps", "0",
               "--jobs", "1", "--device", "cpu"]
@@ -505,26 +584,26 @@ def test_recipe_defaults_per_variant_and_device_option(tmp_path):
                  "--count-questions", "0.3", "--listing-leads", "colour", "shape", "--relational-expressions", "0.5",
                  "--referring-questions", "0.5", "--referring-kinds", "relational", "superlative",
                  "--descriptions", "inventory=0.2", "expression=0.3", "caption=0.4", "narrative=0.1", "--autocast", "bfloat16",
-                 *common]) == 0
+                 "--located-captions", "0.2", *common]) == 0
     recorded = {(run, v): json.loads((tmp_path / run / v / "final" / "training.json").read_text())
                 for run, v in (("default", "coarse"), ("default", "small"), ("given", "coarse"))}
     recipe = {k: (r["lr"], r["seed"], r["grounded_expressions"], r["ranked_expressions"], r["relational_expressions"], r["rank_target"],
                   r["shuffle_inventory"], r["object_listings"], list(r["descriptions"].items()), r["count_questions"], r["listing_leads"],
-                  r["autocast"], r["referring_questions"], r["referring_kinds"])
+                  r["autocast"], r["referring_questions"], r["referring_kinds"], r["located_captions"], r["located_expressions"])
               for k, r in recorded.items()}
     mix = [("caption", 0.4), ("narrative", 0.1), ("expression", 0.3), ("inventory", 0.2)]  # in DESCRIPTIONS' order
     defaults = {v: (r.lr, r.seed, r.text.grounded_expressions, r.text.ranked_expressions, r.text.relational_expressions,
                     r.rank_target, r.text.shuffle_inventory, r.text.object_listings, list(r.text.descriptions.items()),
                     r.text.count_questions, list(r.text.listing_leads), AUTOCAST, r.text.referring_questions,
-                    list(r.text.referring_kinds)) for v, r in RECIPES.items()}
+                    list(r.text.referring_kinds), r.text.located_captions, r.text.located_expressions) for v, r in RECIPES.items()}
     assert recipe == {("default", v): defaults[v] for v in ("coarse", "small")} | \
         {("given", "coarse"): (2e-4, 5, False, False, 0.5, True, True, 0.25, mix, 0.3, ["colour", "shape"], "bfloat16", 0.5,
-                               ["relational", "superlative"])}
+                               ["relational", "superlative"], 0.2, False)}
     assert "rank" in recorded["given", "coarse"]["vision_object_patch_accuracy"], "the rank head was trained and scored"
     assert main(["--out", str(tmp_path / "ranked"), "--variants", "coarse", "--ranked-expressions", *common]) == 0
     assert json.loads((tmp_path / "ranked" / "coarse" / "final" / "training.json").read_text())["ranked_expressions"] is True
     assert all(len({value(RECIPES[v]) for v in VARIANTS}) == 2 for value in
-               (lambda r: r.lr, lambda r: r.text.shuffle_inventory, lambda r: r.text.count_questions))
+               (lambda r: r.lr, lambda r: r.text.shuffle_inventory))
     environment = recorded["default", "small"]["environment"]
     assert environment["torch"] == torch.__version__ and environment["threads"] == 1  # --threads' default
 
@@ -633,11 +712,13 @@ def test_shipped_models_were_trained_with_the_defaults(variant):
             meta.get("rank_target", False), meta.get("shuffle_inventory", False),
             meta.get("object_listings", 0.0), meta.get("descriptions", DESCRIPTIONS), meta.get("count_questions", 0.0),
             meta.get("listing_leads", ["shape"]), meta.get("autocast", "float32"), meta.get("referring_questions", 0.0),
-            meta.get("referring_kinds", ["relational"]), meta.get("reasoning", 0.0)) == \
+            meta.get("referring_kinds", ["relational"]), meta.get("reasoning", 0.0), meta.get("located_captions", 0.0),
+            meta.get("located_expressions", False)) == \
         (recipe.lmm_steps, recipe.lr, recipe.vision_steps, VISION_LR_SCALE, recipe.seed, None,
          conversations.grounded_expressions, conversations.ranked_expressions, conversations.relational_expressions, recipe.rank_target,
          conversations.shuffle_inventory, conversations.object_listings, conversations.descriptions, conversations.count_questions,
-         list(conversations.listing_leads), AUTOCAST, conversations.referring_questions, list(conversations.referring_kinds), conversations.reasoning)
+         list(conversations.listing_leads), AUTOCAST, conversations.referring_questions, list(conversations.referring_kinds), conversations.reasoning,
+         conversations.located_captions, conversations.located_expressions)
 
 
 def test_shipped_sam_was_trained_with_the_defaults():

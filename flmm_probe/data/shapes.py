@@ -292,7 +292,8 @@ def _a(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _article_phrase(o: Obj) -> str:
+def article_phrase(o: Obj) -> str:
+    """The caption's phrase for ``o``: "a large red circle"."""
     return f"{_a(o.size)} {o.words}"
 
 
@@ -309,7 +310,7 @@ def _spans(text_parts: list[str], sep_parts: list[str]) -> tuple[str, list[tuple
 def caption(objects: list[Obj], order: tuple[int, ...]) -> tuple[str, list[Phrase]]:
     """"a large red circle, a small blue cross and a small green square." naming ``objects[i]`` for ``i`` in
     ``order``; its phrases in text order, each with its object's index in ``object_ids``."""
-    parts = [_article_phrase(objects[i]) for i in order]
+    parts = [article_phrase(objects[i]) for i in order]
     seps = [""] + [", "] * max(0, len(parts) - 2) + ([" and "] if len(parts) > 1 else [])
     text, spans = _spans(parts, seps)
     phrases = [Phrase(p, s, e, objects[i].mask, False, True, (i,)) for i, p, (s, e) in zip(order, parts, spans)]
@@ -329,7 +330,7 @@ def _narrative(rng: np.random.Generator, objects: list[Obj], floor: str | None, 
     parts, ids = [], []
     for (colour, shape), members in groups.items():
         if len(members) == 1:
-            parts.append(_article_phrase(objects[members[0]]))
+            parts.append(article_phrase(objects[members[0]]))
         else:
             parts.append(f"{NUMBERS[len(members)]} {colour} {PLURALS[shape]}")
         ids.append(tuple(members))
@@ -484,11 +485,19 @@ def make_scene(split: str, index: int, seed: int = 0) -> Scene:
         img[mask] = np.array(COLOURS[colour]) + noise
         objects.append(Obj(shape, colour, size, cx, cy, r, mask))
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
+    order = tuple(int(i) for i in _rng(split, index, seed, stream=1).permutation(len(objects)))
+    return describe_scene(split, index, seed, image, objects, floor, top, order, rng)
+
+
+def describe_scene(split: str, index: int, seed: int, image: np.ndarray, objects: list[Obj], floor: str | None, floor_top: int,
+                   order: tuple[int, ...], rng: np.random.Generator) -> Scene:
+    """The ``Scene`` of a drawn image: its stuff masks, and the texts that name ``objects`` (indexed left to right) in
+    ``order``; ``rng`` draws the narrative's wording and the questions. ``floor_top``: the floor band's first row
+    (the image's height without a floor). Any drawing code can make scenes the world's texts and scores read."""
     things = np.logical_or.reduce([o.mask for o in objects])
-    rows = np.arange(canvas)[:, None] >= top
+    rows = np.arange(image.shape[0])[:, None] >= floor_top
     floor_mask = np.broadcast_to(rows, things.shape) & ~things
     stuff = {"floor": floor_mask, "wall": ~floor_mask & ~things} if floor else {"wall": ~things}
-    order = tuple(int(i) for i in _rng(split, index, seed, stream=1).permutation(len(objects)))
     caption_text, caption_phrases = caption(objects, order)
     narrative, narrative_phrases = _narrative(rng, objects, floor, stuff, order)
     return Scene(

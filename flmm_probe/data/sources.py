@@ -2,6 +2,7 @@
 
     open_dataset("shapes:test:200")            # shapes world, 200 scenes of the test split, RES task
     open_dataset("shapes:train:2000:mix")      # RES + PNG-style narratives (the paper's training mixture)
+    open_dataset("shapes:redrawn:100:caption") # the same words over scenes drawn by other code (data.redrawn)
     open_dataset("refcoco:/data/refer:val")    # refcoco / refcoco+ / refcocog (umd), select_first texts
     open_dataset("refcocog:/data/refer:train:concat")
     open_dataset("png:/data/png:val")          # Panoptic Narrative Grounding
@@ -21,6 +22,8 @@ from PIL import Image
 from .png import PNGDataset
 from .refcoco import RefCOCO
 from .samples import GroundingDataset, GroundingSample, SamplePhrase
+from .redrawn import SPLIT as REDRAWN
+from .redrawn import redrawn_scene
 from .shapes import SPLITS, Scene, make_scene
 
 SHAPES_TASKS = ("res", "png", "caption", "mix")
@@ -28,7 +31,7 @@ SHAPES_TASKS = ("res", "png", "caption", "mix")
 
 @lru_cache(maxsize=256)
 def _scene(split: str, index: int, seed: int) -> Scene:
-    return make_scene(split, index, seed)
+    return redrawn_scene(index, seed) if split == REDRAWN else make_scene(split, index, seed)
 
 
 class ShapesGrounding(GroundingDataset):
@@ -38,8 +41,8 @@ class ShapesGrounding(GroundingDataset):
 
     def __init__(self, split: str, length: int, task: str = "res", seed: int = 0, start: int = 0) -> None:
         super().__init__()
-        if split not in SPLITS:
-            raise ValueError(f"Unknown shapes split {split!r}; choose one of {SPLITS}.")
+        if split not in SPLITS + (REDRAWN,):
+            raise ValueError(f"Unknown shapes split {split!r}; choose one of {SPLITS + (REDRAWN,)}.")
         if task not in SHAPES_TASKS:
             raise ValueError(f"Unknown shapes task {task!r}; choose one of {SHAPES_TASKS}.")
         self.split, self.task, self.seed = split, task, seed

@@ -18,6 +18,9 @@
   (captions name objects in a random order: a head that follows list position scores there). The uniform-map baseline is
   ``pointing_game`` of a flat map (the share of the grid's cells that count as inside).
   ``pointing_by_word`` scores each word of the phrase on its own (article, size, colour, shape).
+  ``Pointing.shared`` splits the phrases by what their object shares with another object of the scene (not a
+  look-alike): a head that finds objects by one word ("all the red ones") points well only where no other
+  object shares that word's attribute.
 - ``expression_pointing``: the same for the referring expressions, read as F-LMM reads them (the bare
   expression after ``DESCRIBE``, its tokens' maps pooled as ``phrases.pool``: mean, or the last token
   alone), by kind (attribute, relational, superlative) and attribute expressions by attributes said.
@@ -41,6 +44,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForCon
 from flmm_probe.backbones import Backbone, load_backbone
 from flmm_probe.data.shapes import COLOURS, DESCRIBE, QA, SHAPES, SIZES, Scene, expression_group, make_scene, reasoning_questions
 from flmm_probe.metrics import mask_to_grid, pointing_game
+from flmm_probe.data.redrawn import SPLIT as REDRAWN
+from flmm_probe.data.redrawn import redrawn_scene
 from flmm_probe.organism.sam import box_miou, load_saved_sam
 from flmm_probe.organism.text import IGNORE, REFERRABLE_KINDS, collate, encode, referring_questions
 from flmm_probe.phrases import POOLINGS, pool
@@ -178,6 +183,8 @@ class Pointing:
     position: (layer, head) pointing at the object whose left-to-right rank is the phrase's place in its list,
     over the ``n_displaced`` phrases that name another object (captions only; NaN elsewhere): what a head that
     follows list position instead of words would score.
+    shared: per ``SHARED`` key, (layer, head) hit over the phrases whose object shares that attribute with another
+    object of its scene, and their number; "none": the phrases whose object shares none (captions only).
     """
 
     hit: np.ndarray
@@ -186,6 +193,7 @@ class Pointing:
     n_phrases: int
     position: np.ndarray | None = None
     n_displaced: int = 0
+    shared: dict[str, tuple[np.ndarray, int]] | None = None
 
     @property
     def best_head(self) -> tuple[int, int]:
@@ -218,6 +226,15 @@ def caption_maps(backbone: Backbone, scene: Scene) -> tuple[torch.Tensor, torch.
 
 # The words of a caption phrase, "a large red circle": the article, size, colour and shape.
 PHRASE_WORDS = ("article", "size", "colour", "shape")
+# What a phrase's object may share with another object of its scene (a look-alike shares all three).
+SHARED = ("colour", "shape", "size", "none")
+
+
+def _shared(scene: Scene, named: list[int]) -> list[str]:
+    """The ``SHARED`` keys of a phrase naming ``named``: the attributes some other object has the same."""
+    own = scene.objects[named[0]]
+    said = [a for a in SHARED[:-1] if any(getattr(o, a) == getattr(own, a) for i, o in enumerate(scene.objects) if i not in named)]
+    return said or ["none"]
 
 
 def pointing(model: LlavaForConditionalGeneration, processor: LlavaProcessor, scenes: list[Scene]) -> Pointing:
@@ -233,6 +250,7 @@ def pointing_by_word(model: LlavaForConditionalGeneration, processor: LlavaProce
     hits: dict[str, list] = {k: [] for k in kinds}
     wrong: dict[str, list] = {k: [] for k in kinds}
     position: dict[str, list] = {k: [] for k in kinds}
+    shares: list[list[str]] = []
     uniform = []
     for scene in scenes:
         tokens, owner = caption_maps(backbone, scene)  # (token, layer, head, gy, gx), (token,)
@@ -252,8 +270,15 @@ def pointing_by_word(model: LlavaForConditionalGeneration, processor: LlavaProce
                 if p not in named:  # objects are indexed left to right: object p holds the phrase's list rank
                     position[kind].append(pointing_game(phrase_map, covers[p]).numpy())
             uniform.append(pointing_game(torch.ones(grid), cover).item())
+            shares.append(_shared(scene, named))
+
+    def shared(kind: str) -> dict[str, tuple[np.ndarray, int]]:
+        rows = {key: [h for h, keys in zip(hits[kind], shares) if key in keys] for key in SHARED}
+        return {key: (np.mean(r, axis=0) if r else np.full(hits[kind][0].shape, np.nan), len(r)) for key, r in rows.items()}
+
     return {k: Pointing(np.mean(hits[k], axis=0), np.mean(wrong[k], axis=0), float(np.mean(uniform)), len(uniform),
-                        np.mean(position[k], axis=0) if position[k] else np.full(hits[k][0].shape, np.nan), len(position[k]))
+                        np.mean(position[k], axis=0) if position[k] else np.full(hits[k][0].shape, np.nan), len(position[k]),
+                        shared(k))
             for k in kinds}
 
 
@@ -283,7 +308,12 @@ def expression_pointing(model: LlavaForConditionalGeneration, processor: LlavaPr
             for k in hits}
 
 
-SPLITS = ("test", "compositional", "edge", "close")
+SPLITS = ("test", "compositional", "edge", "close", REDRAWN)
+
+
+def held_out_scene(split: str, index: int, seed: int = 0) -> Scene:
+    """Scene ``index`` of a shapes-world split, or of the scenes drawn by other code (``redrawn``)."""
+    return redrawn_scene(index, seed) if split == REDRAWN else make_scene(split, index, seed)
 
 
 def report(path: str, n: int = 100, splits: tuple[str, ...] = SPLITS, seed: int = 0,
@@ -298,8 +328,8 @@ def report(path: str, n: int = 100, splits: tuple[str, ...] = SPLITS, seed: int 
     processor = AutoProcessor.from_pretrained(path)
     out: dict = {"path": str(path)}
     for split in splits:
-        scenes = [make_scene(split, i, seed) for i in range(n)]
-        crowded = [s for s in (make_scene(split, i, seed) for i in range(3 * n)) if len(s.objects) >= 3][:n]
+        scenes = [held_out_scene(split, i, seed) for i in range(n)]
+        crowded = [s for s in (held_out_scene(split, i, seed) for i in range(3 * n)) if len(s.objects) >= 3][:n]
         by_word = pointing_by_word(model, processor, crowded)
         score = by_word["phrase"]
         layer, head = score.best_head
@@ -324,6 +354,8 @@ def report(path: str, n: int = 100, splits: tuple[str, ...] = SPLITS, seed: int 
                                              "wrong_object": float(w.wrong_object[w.best_head])}
                                       for word, w in by_word.items() if word != "phrase"},
             "n_phrases": score.n_phrases,
+            "pointing_best_by_shared": {key: {"pointing": float(hit[layer, head]), "n_phrases": n}
+                                        for key, (hit, n) in score.shared.items()},
         }
         for pooling in expression_poolings:
             key = "expression_pointing" + ("" if pooling == "mean" else f"_{pooling}")
@@ -339,8 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("paths", nargs="+", help="save_pretrained folders of organism LMMs")
     p.add_argument("--n", type=int, default=100, help="scenes per split")
-    p.add_argument("--splits", nargs="+", default=list(SPLITS),
-                   help="shapes-world splits (edge: objects cut by the frame; close: objects 1-2 px apart)")
+    p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS),
+                   help="shapes-world splits (edge: objects cut by the frame; close: objects 1-2 px apart; redrawn: "
+                        "scenes of the same words drawn by other code, organism.redrawn)")
     p.add_argument("--pointing-only", action="store_true", help="skip captions and questions")
     p.add_argument("--expression-pooling", nargs="+", choices=POOLINGS, default=["mean"], metavar="POOLING",
                    help=f"how an expression's token maps are merged for its pointing game, each scored: {', '.join(POOLINGS)} "
@@ -353,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                       expression_poolings=tuple(args.expression_pooling)) for path in args.paths]
     if args.sam:
         sam = load_saved_sam(Path(args.sam))
-        results.append({"path": args.sam, **{s: {"box_miou": box_miou(sam, [make_scene(s, i) for i in range(args.n)])} for s in args.splits}})
+        results.append({"path": args.sam, **{s: {"box_miou": box_miou(sam, [held_out_scene(s, i) for i in range(args.n)])}
+                                            for s in args.splits}})
     sys.stdout.write(json.dumps(results, indent=1) + "\n")
     return 0
 

@@ -1,9 +1,9 @@
 """Training texts for the organism LMM: which turns a scene yields, and their token ids and labels.
 
 A sample is one conversation about one scene: a description turn (caption, narrative or referring
-expression after the F-LMM instruction ``DESCRIBE``, the inventory after ``LIST_OBJECTS``, or, as an
-option, the objects named shape, colour or size first in a random order after ``NAME_OBJECTS``) followed by
-questions, or questions alone; a ``TextRecipe`` says which of these an organism is trained on.
+expression after the F-LMM instruction ``DESCRIBE``, the inventory after ``LIST_OBJECTS``, or, as options,
+the objects named shape, colour or size first in a random order after ``NAME_OBJECTS``, or the caption's
+phrases each followed by its object's place after ``LOCATE_OBJECTS``) followed by questions, or questions alone; a ``TextRecipe`` says which of these an organism is trained on.
 Token ids are built turn by turn with the word-level tokenizer, which gives exactly the ids that
 ``processor(text=apply_chat_template(...))`` gives (tests check this); the loss covers answers + "</s>".
 """
@@ -16,10 +16,12 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from flmm_probe.data.shapes import (COLOURS, DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, NUMBERS, QA, SHAPES, SIZES, Expression, Scene,
-                                    count_question, reasoning_questions)
+from flmm_probe.data.shapes import (COLOURS, DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, NUMBERS, QA, SHAPES, SIZES, Expression, Obj,
+                                    Scene, article_phrase, count_question, reasoning_questions)
 
 IGNORE = -100
+# Answered by ``located_caption`` (the organism's training only; F-LMM records captions after DESCRIBE).
+LOCATE_OBJECTS = "Please list the objects on the image."
 RELATIONS = ("left", "right", "above", "below")
 ATTRIBUTE_WORDS = frozenset(COLOURS) | frozenset(SHAPES) | frozenset(SIZES)
 # The expression kinds whose words alone can leave their referent's colour or size open (``referring_questions``).
@@ -43,7 +45,29 @@ def _said(expression: Expression) -> list[str]:
     return words[: next((k for k, w in enumerate(words) if w in RELATIONS), len(words))]
 
 
-def grounded_expression(scene: Scene, expression: Expression, ranked: bool = False) -> str:
+def place(obj: Obj) -> str:
+    """Where ``obj`` is in its image, in two words: the half it is in left to right, then top to bottom
+    ("left above", "right below"), by its centre."""
+    height, width = obj.mask.shape
+    return f"{'left' if obj.cx < width / 2 else 'right'} {'above' if obj.cy < height / 2 else 'below'}"
+
+
+def located_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """The caption's phrases in a random order, each followed by its object's ``place``: "a large red circle left
+    above and a small red cross right below."
+
+    The answer to ``LOCATE_OBJECTS``. In a caption, the words after a phrase (",", "and") do not depend on its
+    object, and the phrase's own next words (size -> colour -> shape) can be predicted from several heads each
+    finding the objects of one attribute (the red ones, the large ones) and their votes agreeing on one shape,
+    so no head needs to find the one object the phrase names. Its place cannot be voted so, and it comes right
+    after the phrase's last word: that token must find its own object, whatever other objects share its colour
+    or size.
+    """
+    parts = [f"{article_phrase(scene.objects[i])} {place(scene.objects[i])}" for i in rng.permutation(len(scene.objects))]
+    return (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + "."
+
+
+def grounded_expression(scene: Scene, expression: Expression, ranked: bool = False, located: bool = False) -> str:
     """The expression, then the referent's colour and size words that it does not already say.
 
     "the cross" -> "the cross red large"; "the red cross left of the blue square" -> "... square large".
@@ -56,12 +80,18 @@ def grounded_expression(scene: Scene, expression: Expression, ranked: bool = Fal
     first, as a number word: "the large red cross two", "the red cross left of the blue square two large".
     The rank tells any two objects apart, and the vision tower can give it (``vision.RANK``); it is also a
     position cue, so no shipped organism is trained with it.
+    ``located``: the referent's ``place`` comes first: "the largest cross left above red large". It tells the
+    referent from any look-alike (colour and size words do not, where the look-alikes share them), so the
+    expression's last token must find the referent itself; and it is a property of the object in the image,
+    not of the text's order.
     """
     words, said = expression.text.split(), _said(expression)
     referent = scene.objects[expression.target]
     unsaid = [w for w in (referent.colour, referent.size) if w not in said]
     if ranked and (expression.kind == "relational" or not unsaid):
         unsaid = [NUMBERS[expression.target + 1]] + unsaid  # objects are listed left to right
+    if located:
+        unsaid = place(referent).split() + unsaid
     return " ".join(words + unsaid)
 
 
@@ -132,6 +162,9 @@ class TextRecipe:
     ``shuffle_inventory``: an inventory turn answers ``shuffled_inventory(...)``.
     ``object_listings``: the probability that a caption turn becomes ``(NAME_OBJECTS, object_listing(...))``
     (0: never, and no random draw is made for it); ``listing_leads``: which attribute may lead its items.
+    ``located_captions``: the probability that a caption turn that is not a listing becomes
+    ``(LOCATE_OBJECTS, located_caption(...))`` (0: never, and no draw is made); ``located_expressions``: grounded
+    expressions end with their referent's ``place`` (``grounded_expression``'s ``located``).
     ``descriptions``: the probability of each description kind, keys and order as ``DESCRIPTIONS``.
     ``referring_questions``: the probability that a conversation's first question becomes one of the scene's
     ``referring_questions(scene, referring_kinds)``, where it has any (0: never, and no draw is made).
@@ -149,6 +182,8 @@ class TextRecipe:
     shuffle_inventory: bool = False
     object_listings: float = 0.0
     listing_leads: tuple[str, ...] = ("shape",)
+    located_captions: float = 0.0
+    located_expressions: bool = False
     descriptions: dict[str, float] = field(default_factory=lambda: dict(DESCRIPTIONS))
     count_questions: float = 0.0
     referring_questions: float = 0.0
@@ -156,10 +191,10 @@ class TextRecipe:
     reasoning: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.ranked_expressions and not self.grounded_expressions:
-            raise ValueError("ranked_expressions ranks the words grounded expressions append: "
-                             "it needs grounded_expressions=True.")
-        for name in ("relational_expressions", "object_listings", "count_questions", "referring_questions", "reasoning"):
+        for option in ("ranked_expressions", "located_expressions"):
+            if getattr(self, option) and not self.grounded_expressions:
+                raise ValueError(f"{option} changes the words grounded expressions append: it needs grounded_expressions=True.")
+        for name in ("relational_expressions", "object_listings", "located_captions", "count_questions", "referring_questions", "reasoning"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a probability between 0 and 1, not {getattr(self, name)}.")
         if not self.listing_leads or not set(self.listing_leads) <= set(LISTING_ORDERS):
@@ -183,7 +218,7 @@ def conversation(scene: Scene, rng: np.random.Generator, recipe: TextRecipe | No
                 if relational and rng.random() < recipe.relational_expressions:
                     expressions = relational
             expression = expressions[int(rng.integers(len(expressions)))]
-            turns.append((DESCRIBE, grounded_expression(scene, expression, recipe.ranked_expressions)
+            turns.append((DESCRIBE, grounded_expression(scene, expression, recipe.ranked_expressions, recipe.located_expressions)
                           if recipe.grounded_expressions else expression.text))
         elif kind == "inventory":
             turns.append((LIST_OBJECTS, shuffled_inventory(scene, rng) if recipe.shuffle_inventory else scene.inventory))
@@ -191,6 +226,8 @@ def conversation(scene: Scene, rng: np.random.Generator, recipe: TextRecipe | No
             turns.append((DESCRIBE, scene.narrative))
         elif recipe.object_listings > 0 and rng.random() < recipe.object_listings:
             turns.append((NAME_OBJECTS, object_listing(scene, rng, recipe.listing_leads)))
+        elif recipe.located_captions > 0 and rng.random() < recipe.located_captions:
+            turns.append((LOCATE_OBJECTS, located_caption(scene, rng)))
         else:
             turns.append((DESCRIBE, scene.caption))
     n_questions = QUESTIONS_AFTER_DESCRIPTION if turns else QUESTIONS_ALONE

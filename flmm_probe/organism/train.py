@@ -116,6 +116,9 @@ def text_recipe(variant: str, **options) -> TextRecipe:
     if unknown:
         raise TypeError(f"text_recipe() got options it does not know: {sorted(unknown)}")
     given = {k: tuple(v) if k in ("listing_leads", "referring_kinds") else v for k, v in options.items() if v is not None}
+    if given.get("grounded_expressions") is False:  # what changes grounded expressions goes with them unless asked for
+        for option in ("ranked_expressions", "located_expressions"):
+            given.setdefault(option, False)
     return replace(RECIPES[variant].text, **given)
 
 
@@ -384,6 +387,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listing-leads", nargs="+", choices=list(LISTING_ORDERS), default=None, metavar="ATTRIBUTE",
                    help="attributes that may lead a listing's items, each listing drawing one: shape "
                         f"('cross red large'), colour ('red cross large') and/or size ('large red cross') (default per variant {_per_variant('text.listing_leads')})")
+    p.add_argument("--located-captions", type=_probability, default=None, metavar="P",
+                   help="probability that a training caption turn that is not a listing becomes 'Please list the objects on "
+                        "the image.' answered by the caption's phrases in a random order, each followed by where its object is "
+                        "('a large red circle left above and ...'), so that each phrase's tokens must find their own "
+                        f"object (default per variant {_per_variant('text.located_captions')})")
+    p.add_argument("--located-expressions", action=argparse.BooleanOptionalAction, default=None,
+                   help="grounded expressions say where their referent is right after their words ('the largest cross left above red large'), "
+                        f"which tells it from any look-alike (default per variant {_per_variant('text.located_expressions')})")
     p.add_argument("--count-questions", type=_probability, default=None, metavar="P",
                    help="probability that a training conversation's last question becomes 'how many crosses are there?' "
                         "about a shape the scene has (the scenes' own count questions mostly answer 'zero'; "
@@ -408,8 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.descriptions is not None:
         args.descriptions = _description_mix(args.descriptions, p)
-    if args.ranked_expressions and args.grounded_expressions is False:
-        p.error("--ranked-expressions ranks the words grounded expressions append: drop --no-grounded-expressions")
+    for option in ("ranked_expressions", "located_expressions"):
+        if getattr(args, option) and args.grounded_expressions is False:
+            flag = "--" + option.replace("_", "-")
+            p.error(f"{flag} changes the words grounded expressions append: drop --no-grounded-expressions")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     names = list(args.variants) + (["sam"] if args.sam_steps > 0 else [])
     if args.jobs <= 1 or len(names) <= 1:
