@@ -4,7 +4,8 @@ shapes world + organism LLaVA:
   1. record train and test scenes into stores (the LMM runs once per sample, never again);
   2. where grounding lives: every layer's and head's maps of the test split against the masks, with
      uniform and centre-prior baselines; and whether they follow the words or the phrases' order (the test
-     captions recorded again with their phrases permuted: analyses.counterfactual);
+     captions, and those of scenes drawn by other code, recorded again with their phrases permuted:
+     analyses.counterfactual);
   3. how far attention alone gets: masks from the top 3 heads (chosen on the train split), alone and as
      SAM box / point prompts;
   4. fit the U-Net decoder and the SAM refiner on the train store, evaluate RES and PNG metrics on the
@@ -69,6 +70,7 @@ def run_demo(
 
     analyze(stores["test"], test, out / "analysis")
     run_counterfactual(backbone, ShapesGrounding("test", num_scenes, "caption"), out / "analysis", progress=False)
+    run_counterfactual(backbone, ShapesGrounding("redrawn", num_scenes, "caption"), out / "analysis" / "redrawn", progress=False)
     tables = load(out / "analysis")
 
     analyze(stores["train"], train, out / "selection", progress=False)

@@ -13,6 +13,7 @@ def test_demo_runs_end_to_end_and_its_results_page_reads_the_run(tmp_path, capsy
                     "## Grounded applications"):
         assert section in printed
     assert "(no " not in printed, "every section found its files"
+    assert "The captions of scenes drawn by other code of " in printed, "words or position, also on redrawn scenes"
     results = (out / "results.md").read_text()
     assert printed.startswith(results)
     gcg = json.loads((out / "gcg.json").read_text())
