@@ -367,13 +367,13 @@ def report(path: str, n: int = 100, splits: tuple[str, ...] = SPLITS, seed: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flmm_probe.organism.scores PATH [PATH ...]``: JSON scores of saved organisms."""
-    p = argparse.ArgumentParser(description=main.__doc__)
+    """``flmm-probe organism evaluate PATH [PATH ...]`` (or ``python -m flmm_probe.organism.scores``): JSON scores of saved organisms."""
+    p = argparse.ArgumentParser(prog="flmm-probe organism evaluate", description=main.__doc__)
     p.add_argument("paths", nargs="+", help="save_pretrained folders of organism LMMs")
     p.add_argument("--n", type=int, default=100, help="scenes per split")
     p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS),
                    help="shapes-world splits (edge: objects cut by the frame; close: objects 1-2 px apart; redrawn: "
-                        "scenes of the same words drawn by other code, organism.redrawn)")
+                        "scenes of the same words drawn by other code, data.redrawn)")
     p.add_argument("--pointing-only", action="store_true", help="skip captions and questions")
     p.add_argument("--expression-pooling", nargs="+", choices=POOLINGS, default=["mean"], metavar="POOLING",
                    help=f"how an expression's token maps are merged for its pointing game, each scored: {', '.join(POOLINGS)} "
