@@ -53,13 +53,13 @@ def _grounding(run: Path) -> list[str]:
     return lines
 
 
-def _counterfactual(run: Path, folder: str = "analysis", scenes: str = "test captions") -> list[str]:
+def _counterfactual(run: Path, folder: str = "analysis", scenes: str = "The test captions of {n} scenes") -> list[str]:
     table, frame = _read(run, f"{folder}/counterfactual_table.parquet"), _read(run, f"{folder}/counterfactual.parquet")
     heads = _read(run, "analysis/head_table.parquet")
     if table is None or frame is None or heads is None:
         return [f"(no {folder}/counterfactual_table.parquet)"]
     moved = frame[(frame["order"] == "permuted") & frame["displaced"]]
-    lines = [f"The {scenes} of {moved['sample'].nunique()} scenes recorded again with their phrases in another "
+    lines = [f"{scenes.format(n=moved['sample'].nunique())} recorded again with their phrases in another "
              f"order ({moved[['sample', 'phrase']].drop_duplicates().shape[0]} moved phrases; `analyses.counterfactual`). "
              "Pointing at the object the phrase names, at the object its slot held before the permutation, and at the "
              "object of its slot's left-to-right rank, for the heads the pointing analysis ranks first:", "",
@@ -138,7 +138,7 @@ def results_markdown(run_dir: str | Path) -> str:
              "## Words or position", "", *_counterfactual(run), "",
              "The same on scenes drawn by other code (`shapes:redrawn`: the same words, another rasteriser, placement "
              "and background; `data.redrawn`):", "",
-             *_counterfactual(run, "analysis/redrawn", "captions of scenes drawn by other code"), "",
+             *_counterfactual(run, "analysis/redrawn", "The captions of {n} scenes drawn by other code"), "",
              "## Attention alone (training-free masks from the top heads)", "", *_training_free(run), "",
              "## The fitted decoder (coarse U-Net, refined by SAM), held-out split", "",
              "```", (format_table(metrics).rstrip() if metrics else "(no metrics.json)"), "```", "",

@@ -23,13 +23,14 @@ from flmm_probe.cli import main as cli
 from flmm_probe.store import Store
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> str:
+    """Write the screenshot; returns what it shows (also printed)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a `flmm-probe demo` output folder")
     parser.add_argument("--out", type=Path, default=Path("docs/figures/viewer.png"))
     parser.add_argument("--sample", help="a test-store sample id (default: the store's first narrative, a PNG sample)")
     parser.add_argument("--phrase", type=int, default=0, help="which of the sample's phrases to show")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     settings = json.loads((args.run / "run.json").read_text())
     data = f"shapes:test:{settings['scenes']}:mix"
     manifest = Store(args.run / "store_test").manifest
@@ -52,7 +53,9 @@ def main() -> None:
             driver.save_screenshot(str(args.out))
         finally:
             driver.quit()
-    print(f"{args.out}: sample {sample}, phrase {phrase!r}, layer {layer} head {head} (the run's top-ranked head)")
+    shown = f"{args.out}: sample {sample}, phrase {phrase!r}, layer {layer} head {head} (the run's top-ranked head)"
+    print(shown)
+    return shown
 
 
 if __name__ == "__main__":

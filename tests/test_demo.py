@@ -1,6 +1,9 @@
 """The README's first command, end to end at a small size, and the results page it writes."""
 
 import json
+import shutil
+
+from PIL import Image
 
 from flmm_probe.cli import main
 
@@ -13,7 +16,7 @@ def test_demo_runs_end_to_end_and_its_results_page_reads_the_run(tmp_path, capsy
                     "## Grounded applications"):
         assert section in printed
     assert "(no " not in printed, "every section found its files"
-    assert "The captions of scenes drawn by other code of " in printed, "words or position, also on redrawn scenes"
+    assert " scenes drawn by other code recorded again" in printed, "words or position, also on redrawn scenes"
     results = (out / "results.md").read_text()
     assert printed.startswith(results)
     gcg = json.loads((out / "gcg.json").read_text())
@@ -24,3 +27,9 @@ def test_demo_runs_end_to_end_and_its_results_page_reads_the_run(tmp_path, capsy
     # The report command prints the same page from the folder.
     assert main(["report", str(out)]) == 0
     assert capsys.readouterr().out == results
+    # The README's viewer screenshot, made from the run (in a real browser, where .ci/run installs one).
+    if shutil.which("chromedriver"):
+        from figures.viewer_screenshot import main as screenshot
+
+        shown = screenshot([str(out), "--out", str(tmp_path / "viewer.png")])
+        assert "shapes/test/0/png/0" in shown and Image.open(tmp_path / "viewer.png").size[0] >= 800
