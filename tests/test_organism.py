@@ -447,6 +447,31 @@ def test_count_questions_count_shapes_the_scene_has():
     assert tokenizer.unk_token_id not in tokenizer(" ".join(asked[0]))["input_ids"]
 
 
+def test_conjunction_counts_count_the_objects_with_both_attributes():
+    scene = next(s for s in (make_scene("train", i) for i in range(80))  # two objects share a size and a colour
+                 if len(s.objects) >= 4 and len({(o.size, o.colour) for o in s.objects}) < len(s.objects))
+    for o in scene.objects:
+        for pair in text.CONJUNCTIONS:
+            qa = text.conjunction_count(scene.objects, o, pair)
+            words = {"size": o.size, "colour": o.colour, "shape": PLURALS[o.shape]}
+            assert all(words[a] in qa.question.split() for a in pair) and qa.kind == "count"
+            assert qa.answer == NUMBERS[sum(all(getattr(p, a) == getattr(o, a) for a in pair) for p in scene.objects)]
+    counts = TextRecipe(count_questions=1.0)
+    plain = [conversation(scene, np.random.default_rng(k), counts) for k in range(300)]
+    assert plain == [conversation(scene, np.random.default_rng(k), TextRecipe(count_questions=1.0, conjunction_counts=0.0))
+                     for k in range(300)], "at 0 no draw is made"
+    always = [conversation(scene, np.random.default_rng(k), TextRecipe(count_questions=1.0, conjunction_counts=1.0))
+              for k in range(300)]
+    assert all(p[:-1] == a[:-1] for p, a in zip(plain, always)), "only the count question changes"
+    asked = {a[-1][0] for a in always}
+    assert any(" objects are there?" in q for q in asked) and len(asked) > 5
+    assert {"two", "one"} <= {a[-1][1] for a in always}
+    tokenizer = build_processor(8).tokenizer
+    assert all(tokenizer.unk_token_id not in tokenizer(q)["input_ids"] for q in asked)
+    with pytest.raises(ValueError, match="conjunction_counts is a probability"):
+        TextRecipe(conjunction_counts=1.5)
+
+
 def test_description_mix_option_draws_like_a_patched_default(monkeypatch):
     # `--descriptions` must give exactly the texts of a run made with text.DESCRIPTIONS replaced, and change only
     # which description opens a conversation.

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from flmm_probe.data.shapes import (COLOURS, DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, NUMBERS, QA, SHAPES, SIZES, Expression, Obj,
-                                    Scene, article_phrase, count_question, reasoning_questions)
+from flmm_probe.data.shapes import (COLOURS, DESCRIBE, LIST_OBJECTS, NAME_OBJECTS, NUMBERS, PLURALS, QA, SHAPES, SIZES, Expression,
+                                    Obj, Scene, article_phrase, count_question, reasoning_questions)
 
 IGNORE = -100
 # Answered by ``located_caption`` (the organism's training only; F-LMM records captions after DESCRIBE).
@@ -120,6 +120,21 @@ def open_attributes(scene: Scene, expression: Expression) -> list[str]:
     return [a for a in unsaid if any(getattr(o, a) != getattr(referent, a) for o in lookalikes)]
 
 
+# The attribute pairs a conjunction count names, and how its question says them.
+CONJUNCTIONS = {("size", "colour"): "how many {size} {colour} objects are there?",
+                ("colour", "shape"): "how many {colour} {shapes} are there?",
+                ("size", "shape"): "how many {size} {shapes} are there?"}
+
+
+def conjunction_count(objects: list[Obj], obj: Obj, pair: tuple[str, str]) -> QA:
+    """"how many large red objects are there?": the objects with ``obj``'s two attributes of ``pair`` (a ``CONJUNCTIONS``
+    key), in words. One head that finds the objects of one attribute cannot answer it, nor can the votes of two
+    (the red ones and the large ones): the count is of the objects that have both, which one head must find."""
+    count = sum(all(getattr(o, a) == getattr(obj, a) for a in pair) for o in objects)
+    question = CONJUNCTIONS[pair].format(size=obj.size, colour=obj.colour, shapes=PLURALS[obj.shape])
+    return QA(question, NUMBERS[count], "count")
+
+
 def shuffled_inventory(scene: Scene, rng: np.random.Generator) -> str:
     """``scene.inventory`` with its objects in a random order: "the cross is red and large, the circle is ...".
 
@@ -171,6 +186,8 @@ class TextRecipe:
     ``count_questions``: the probability that the last question becomes "how many crosses are there?" about a
     shape the scene has (drawn object by object, so larger counts come more often); a scene's own count
     question asks about any shape, and more than half of them answer "zero" (0: never, and no draw is made).
+    ``conjunction_counts``: the probability that such a question counts two of the drawn object's attributes
+    together instead (``conjunction_count``: "how many large red objects are there?"; 0: no draw is made).
     ``reasoning``: the probability that a conversation ends with one of the scene's ``shapes.reasoning_questions``
     ("which object is the largest?" -> "the large red cross"), where it has any (0: never, and no draw is made):
     answers that name an object, which grounded applications segment.
@@ -186,6 +203,7 @@ class TextRecipe:
     located_expressions: bool = False
     descriptions: dict[str, float] = field(default_factory=lambda: dict(DESCRIPTIONS))
     count_questions: float = 0.0
+    conjunction_counts: float = 0.0
     referring_questions: float = 0.0
     referring_kinds: tuple[str, ...] = ("relational",)
     reasoning: float = 0.0
@@ -194,7 +212,7 @@ class TextRecipe:
         for option in ("ranked_expressions", "located_expressions"):
             if getattr(self, option) and not self.grounded_expressions:
                 raise ValueError(f"{option} changes the words grounded expressions append: it needs grounded_expressions=True.")
-        for name in ("relational_expressions", "object_listings", "located_captions", "count_questions", "referring_questions", "reasoning"):
+        for name in ("relational_expressions", "object_listings", "located_captions", "conjunction_counts", "count_questions", "referring_questions", "reasoning"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a probability between 0 and 1, not {getattr(self, name)}.")
         if not self.listing_leads or not set(self.listing_leads) <= set(LISTING_ORDERS):
@@ -233,7 +251,11 @@ def conversation(scene: Scene, rng: np.random.Generator, recipe: TextRecipe | No
     n_questions = QUESTIONS_AFTER_DESCRIPTION if turns else QUESTIONS_ALONE
     questions = [scene.qa[i] for i in rng.permutation(len(scene.qa))[:n_questions]]
     if recipe.count_questions > 0 and rng.random() < recipe.count_questions:
-        questions[-1] = count_question(scene.objects, scene.objects[int(rng.integers(len(scene.objects)))].shape)
+        counted = scene.objects[int(rng.integers(len(scene.objects)))]
+        if recipe.conjunction_counts > 0 and rng.random() < recipe.conjunction_counts:
+            questions[-1] = conjunction_count(scene.objects, counted, list(CONJUNCTIONS)[int(rng.integers(len(CONJUNCTIONS)))])
+        else:
+            questions[-1] = count_question(scene.objects, counted.shape)
     if recipe.referring_questions > 0:
         referring = referring_questions(scene, recipe.referring_kinds)
         if referring and rng.random() < recipe.referring_questions:

@@ -399,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="probability that a training conversation's last question becomes 'how many crosses are there?' "
                         "about a shape the scene has (the scenes' own count questions mostly answer 'zero'; "
                         f"default per variant {_per_variant('text.count_questions')})")
+    p.add_argument("--conjunction-counts", type=_probability, default=None, metavar="P",
+                   help="probability that such a count question counts two attributes of a scene's object together "
+                        "('how many large red objects are there?'), which no head finding the objects of one attribute "
+                        f"can answer (default per variant {_per_variant('text.conjunction_counts')})")
     p.add_argument("--referring-questions", type=_probability, default=None, metavar="P",
                    help="probability that a training conversation's first question asks what only a referring expression's "
                         "whole meaning decides ('what size is the red cross left of the blue square?'), where the scene "
