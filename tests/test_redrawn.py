@@ -6,9 +6,9 @@ import numpy as np
 from scipy.ndimage import binary_dilation
 
 from flmm_probe.data.shapes import COLOURS, HELD_OUT_PAIRS, IMAGE_SIZE, SIZE_RADIUS, make_scene
-from flmm_probe.data.redrawn import redrawn_scene
+from flmm_probe.data.redrawn import redrawn_scene, shapes_scene
 from flmm_probe.data.sources import open_dataset
-from flmm_probe.organism.scores import SPLITS, caption_hits, held_out_scene
+from flmm_probe.organism.scores import SPLITS, caption_hits
 
 SCENES = [redrawn_scene(i) for i in range(40)]
 
@@ -44,8 +44,8 @@ def test_the_same_index_gives_the_same_scene_and_scores_read_it():
     a, b = redrawn_scene(7), redrawn_scene(7)
     assert (a.image == b.image).all() and a.caption == b.caption and a.qa == b.qa
     assert not (redrawn_scene(7, seed=1).image == a.image).all()
-    assert "redrawn" in SPLITS and held_out_scene("redrawn", 7).caption == a.caption
-    assert held_out_scene("test", 3).caption == make_scene("test", 3).caption
+    assert "redrawn" in SPLITS and shapes_scene("redrawn", 7).caption == a.caption
+    assert shapes_scene("test", 3).caption == make_scene("test", 3).caption
 
 
 def test_analyses_open_them_by_spec():

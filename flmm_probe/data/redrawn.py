@@ -22,9 +22,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy.ndimage import binary_dilation
 
-from .shapes import COLOURS, HELD_OUT_PAIRS, IMAGE_SIZE, SHAPES, SIZE_RADIUS, SIZES, Obj, Scene, describe_scene
+from .shapes import (COLOURS, HELD_OUT_PAIRS, IMAGE_SIZE, SHAPES, SIZE_RADIUS, SIZES, SPLITS, Obj, Scene, describe_scene,
+                     make_scene)
 
 SPLIT = "redrawn"
+# Every split name a shapes scene can be made for: the world's, and the redrawn set.
+SCENE_SPLITS = SPLITS + (SPLIT,)
 # Unit outlines (x, y) around the centre, half-extent 1, before scaling by r and turning by a small angle.
 _OUTLINES = {
     "square": [(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)],
@@ -79,7 +82,8 @@ def redrawn_scene(index: int, seed: int = 0) -> Scene:
         cx = (cell % 3 + 0.5) * side + rng.uniform(-1, 1) * max(0.0, side / 2 - r - 1)
         cy = (cell // 3 + 0.5) * side + rng.uniform(-1, 1) * max(0.0, side / 2 - r - 1)
         mask = _draw(shape, cx, cy, r, rng.uniform(-0.15, 0.15))
-        if (binary_dilation(mask, np.ones((3, 3), bool)) & taken).any():  # large shapes in neighbouring cells may touch: keep a background pixel between them
+        # Large shapes in neighbouring cells may touch: keep a background pixel between them, or drop the shape.
+        if (binary_dilation(mask, np.ones((3, 3), bool)) & taken).any():
             continue
         taken |= mask
         img[mask] = np.clip(np.array(COLOURS[colour]) * rng.uniform(0.9, 1.05), 0, 255)
@@ -89,3 +93,8 @@ def redrawn_scene(index: int, seed: int = 0) -> Scene:
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
     order = tuple(int(i) for i in rng.permutation(len(objects)))
     return describe_scene(SPLIT, index, seed, image, objects, None, IMAGE_SIZE, order, rng)
+
+
+def shapes_scene(split: str, index: int, seed: int = 0) -> Scene:
+    """Scene ``index`` of a ``SCENE_SPLITS`` split: the world's (``make_scene``), or the redrawn set's."""
+    return redrawn_scene(index, seed) if split == SPLIT else make_scene(split, index, seed)

@@ -22,16 +22,15 @@ from PIL import Image
 from .png import PNGDataset
 from .refcoco import RefCOCO
 from .samples import GroundingDataset, GroundingSample, SamplePhrase
-from .redrawn import SPLIT as REDRAWN
-from .redrawn import redrawn_scene
-from .shapes import SPLITS, Scene, make_scene
+from .redrawn import SCENE_SPLITS, shapes_scene
+from .shapes import Scene
 
 SHAPES_TASKS = ("res", "png", "caption", "mix")
 
 
 @lru_cache(maxsize=256)
 def _scene(split: str, index: int, seed: int) -> Scene:
-    return redrawn_scene(index, seed) if split == REDRAWN else make_scene(split, index, seed)
+    return shapes_scene(split, index, seed)
 
 
 class ShapesGrounding(GroundingDataset):
@@ -41,8 +40,8 @@ class ShapesGrounding(GroundingDataset):
 
     def __init__(self, split: str, length: int, task: str = "res", seed: int = 0, start: int = 0) -> None:
         super().__init__()
-        if split not in SPLITS + (REDRAWN,):
-            raise ValueError(f"Unknown shapes split {split!r}; choose one of {SPLITS + (REDRAWN,)}.")
+        if split not in SCENE_SPLITS:
+            raise ValueError(f"Unknown shapes split {split!r}; choose one of {SCENE_SPLITS}.")
         if task not in SHAPES_TASKS:
             raise ValueError(f"Unknown shapes task {task!r}; choose one of {SHAPES_TASKS}.")
         self.split, self.task, self.seed = split, task, seed

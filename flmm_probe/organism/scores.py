@@ -42,10 +42,10 @@ from scipy.optimize import linear_sum_assignment
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
 from flmm_probe.backbones import Backbone, load_backbone
-from flmm_probe.data.shapes import COLOURS, DESCRIBE, QA, SHAPES, SIZES, Scene, expression_group, make_scene, reasoning_questions
-from flmm_probe.metrics import mask_to_grid, pointing_game
 from flmm_probe.data.redrawn import SPLIT as REDRAWN
-from flmm_probe.data.redrawn import redrawn_scene
+from flmm_probe.data.redrawn import shapes_scene
+from flmm_probe.data.shapes import COLOURS, DESCRIBE, QA, SHAPES, SIZES, Scene, expression_group, reasoning_questions
+from flmm_probe.metrics import mask_to_grid, pointing_game
 from flmm_probe.organism.sam import box_miou, load_saved_sam
 from flmm_probe.organism.text import IGNORE, REFERRABLE_KINDS, collate, encode, referring_questions
 from flmm_probe.phrases import POOLINGS, pool
@@ -233,7 +233,8 @@ SHARED = ("colour", "shape", "size", "none")
 def _shared(scene: Scene, named: list[int]) -> list[str]:
     """The ``SHARED`` keys of a phrase naming ``named``: the attributes some other object has the same."""
     own = scene.objects[named[0]]
-    said = [a for a in SHARED[:-1] if any(getattr(o, a) == getattr(own, a) for i, o in enumerate(scene.objects) if i not in named)]
+    others = [o for i, o in enumerate(scene.objects) if i not in named]
+    said = [a for a in SHARED[:-1] if any(getattr(o, a) == getattr(own, a) for o in others)]
     return said or ["none"]
 
 
@@ -311,11 +312,6 @@ def expression_pointing(model: LlavaForConditionalGeneration, processor: LlavaPr
 SPLITS = ("test", "compositional", "edge", "close", REDRAWN)
 
 
-def held_out_scene(split: str, index: int, seed: int = 0) -> Scene:
-    """Scene ``index`` of a shapes-world split, or of the scenes drawn by other code (``redrawn``)."""
-    return redrawn_scene(index, seed) if split == REDRAWN else make_scene(split, index, seed)
-
-
 def report(path: str, n: int = 100, splits: tuple[str, ...] = SPLITS, seed: int = 0,
            pointing_only: bool = False, expression_poolings: tuple[str, ...] = ("mean",)) -> dict:
     """All scores of the LMM saved at ``path`` on the first ``n`` scenes of each split (JSON-ready).
@@ -328,8 +324,8 @@ def report(path: str, n: int = 100, splits: tuple[str, ...] = SPLITS, seed: int 
     processor = AutoProcessor.from_pretrained(path)
     out: dict = {"path": str(path)}
     for split in splits:
-        scenes = [held_out_scene(split, i, seed) for i in range(n)]
-        crowded = [s for s in (held_out_scene(split, i, seed) for i in range(3 * n)) if len(s.objects) >= 3][:n]
+        scenes = [shapes_scene(split, i, seed) for i in range(n)]
+        crowded = [s for s in (shapes_scene(split, i, seed) for i in range(3 * n)) if len(s.objects) >= 3][:n]
         by_word = pointing_by_word(model, processor, crowded)
         score = by_word["phrase"]
         layer, head = score.best_head
@@ -386,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                       expression_poolings=tuple(args.expression_pooling)) for path in args.paths]
     if args.sam:
         sam = load_saved_sam(Path(args.sam))
-        results.append({"path": args.sam, **{s: {"box_miou": box_miou(sam, [held_out_scene(s, i) for i in range(args.n)])}
+        results.append({"path": args.sam, **{s: {"box_miou": box_miou(sam, [shapes_scene(s, i) for i in range(args.n)])}
                                             for s in args.splits}})
     sys.stdout.write(json.dumps(results, indent=1) + "\n")
     return 0

@@ -3,7 +3,8 @@
 A sample is one conversation about one scene: a description turn (caption, narrative or referring
 expression after the F-LMM instruction ``DESCRIBE``, the inventory after ``LIST_OBJECTS``, or, as options,
 the objects named shape, colour or size first in a random order after ``NAME_OBJECTS``, or the caption's
-phrases each followed by its object's place after ``LOCATE_OBJECTS``) followed by questions, or questions alone; a ``TextRecipe`` says which of these an organism is trained on.
+phrases each followed by its object's place after ``LOCATE_OBJECTS``) followed by questions, or questions
+alone; a ``TextRecipe`` says which of these an organism is trained on.
 Token ids are built turn by turn with the word-level tokenizer, which gives exactly the ids that
 ``processor(text=apply_chat_template(...))`` gives (tests check this); the loss covers answers + "</s>".
 """
@@ -58,10 +59,10 @@ def located_caption(scene: Scene, rng: np.random.Generator) -> str:
 
     The answer to ``LOCATE_OBJECTS``. In a caption, the words after a phrase (",", "and") do not depend on its
     object, and the phrase's own next words (size -> colour -> shape) can be predicted from several heads each
-    finding the objects of one attribute (the red ones, the large ones) and their votes agreeing on one shape,
-    so no head needs to find the one object the phrase names. Its place cannot be voted so, and it comes right
-    after the phrase's last word: that token must find its own object, whatever other objects share its colour
-    or size.
+    finding the objects of one attribute (the red ones, the large ones) and their votes agreeing on one shape.
+    Here the word after the phrase's last one is its object's place, which only that object decides. (A model
+    may still carry what it needs from earlier tokens: training on these texts does not by itself make the last
+    token's attention find the object; docs/organism.md reports the shipped recipes.)
     """
     parts = [f"{article_phrase(scene.objects[i])} {place(scene.objects[i])}" for i in rng.permutation(len(scene.objects))]
     return (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + "."
@@ -81,9 +82,9 @@ def grounded_expression(scene: Scene, expression: Expression, ranked: bool = Fal
     The rank tells any two objects apart, and the vision tower can give it (``vision.RANK``); it is also a
     position cue, so no shipped organism is trained with it.
     ``located``: the referent's ``place`` comes first: "the largest cross left above red large". It tells the
-    referent from any look-alike (colour and size words do not, where the look-alikes share them), so the
-    expression's last token must find the referent itself; and it is a property of the object in the image,
-    not of the text's order.
+    referent from look-alikes in other halves of the image (colour and size words do not, where the look-alikes
+    share them), right after the expression's last token; and it is a property of the object in the image, not
+    of the text's order.
     """
     words, said = expression.text.split(), _said(expression)
     referent = scene.objects[expression.target]
@@ -128,8 +129,8 @@ CONJUNCTIONS = {("size", "colour"): "how many {size} {colour} objects are there?
 
 def conjunction_count(objects: list[Obj], obj: Obj, pair: tuple[str, str]) -> QA:
     """"how many large red objects are there?": the objects with ``obj``'s two attributes of ``pair`` (a ``CONJUNCTIONS``
-    key), in words. One head that finds the objects of one attribute cannot answer it, nor can the votes of two
-    (the red ones and the large ones): the count is of the objects that have both, which one head must find."""
+    key), in words. A head that finds the objects of one attribute does not give it, nor do the votes of two (the
+    red ones and the large ones) add up to it: the count is of the objects that have both."""
     count = sum(all(getattr(o, a) == getattr(obj, a) for a in pair) for o in objects)
     question = CONJUNCTIONS[pair].format(size=obj.size, colour=obj.colour, shapes=PLURALS[obj.shape])
     return QA(question, NUMBERS[count], "count")
@@ -179,7 +180,7 @@ class TextRecipe:
     (0: never, and no random draw is made for it); ``listing_leads``: which attribute may lead its items.
     ``located_captions``: the probability that a caption turn that is not a listing becomes
     ``(LOCATE_OBJECTS, located_caption(...))`` (0: never, and no draw is made); ``located_expressions``: grounded
-    expressions end with their referent's ``place`` (``grounded_expression``'s ``located``).
+    expressions say their referent's ``place`` right after their words (``grounded_expression``'s ``located``).
     ``descriptions``: the probability of each description kind, keys and order as ``DESCRIPTIONS``.
     ``referring_questions``: the probability that a conversation's first question becomes one of the scene's
     ``referring_questions(scene, referring_kinds)``, where it has any (0: never, and no draw is made).
@@ -211,8 +212,10 @@ class TextRecipe:
     def __post_init__(self) -> None:
         for option in ("ranked_expressions", "located_expressions"):
             if getattr(self, option) and not self.grounded_expressions:
-                raise ValueError(f"{option} changes the words grounded expressions append: it needs grounded_expressions=True.")
-        for name in ("relational_expressions", "object_listings", "located_captions", "conjunction_counts", "count_questions", "referring_questions", "reasoning"):
+                raise ValueError(f"{option} changes the words grounded expressions append: "
+                                 "it needs grounded_expressions=True.")
+        for name in ("relational_expressions", "object_listings", "located_captions", "conjunction_counts", "count_questions",
+                     "referring_questions", "reasoning"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a probability between 0 and 1, not {getattr(self, name)}.")
         if not self.listing_leads or not set(self.listing_leads) <= set(LISTING_ORDERS):
@@ -236,8 +239,9 @@ def conversation(scene: Scene, rng: np.random.Generator, recipe: TextRecipe | No
                 if relational and rng.random() < recipe.relational_expressions:
                     expressions = relational
             expression = expressions[int(rng.integers(len(expressions)))]
-            turns.append((DESCRIBE, grounded_expression(scene, expression, recipe.ranked_expressions, recipe.located_expressions)
-                          if recipe.grounded_expressions else expression.text))
+            said = grounded_expression(scene, expression, recipe.ranked_expressions, recipe.located_expressions) \
+                if recipe.grounded_expressions else expression.text
+            turns.append((DESCRIBE, said))
         elif kind == "inventory":
             turns.append((LIST_OBJECTS, shuffled_inventory(scene, rng) if recipe.shuffle_inventory else scene.inventory))
         elif kind == "narrative":
@@ -253,7 +257,8 @@ def conversation(scene: Scene, rng: np.random.Generator, recipe: TextRecipe | No
     if recipe.count_questions > 0 and rng.random() < recipe.count_questions:
         counted = scene.objects[int(rng.integers(len(scene.objects)))]
         if recipe.conjunction_counts > 0 and rng.random() < recipe.conjunction_counts:
-            questions[-1] = conjunction_count(scene.objects, counted, list(CONJUNCTIONS)[int(rng.integers(len(CONJUNCTIONS)))])
+            pair = list(CONJUNCTIONS)[int(rng.integers(len(CONJUNCTIONS)))]
+            questions[-1] = conjunction_count(scene.objects, counted, pair)
         else:
             questions[-1] = count_question(scene.objects, counted.shape)
     if recipe.referring_questions > 0:

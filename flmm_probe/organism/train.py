@@ -390,11 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--located-captions", type=_probability, default=None, metavar="P",
                    help="probability that a training caption turn that is not a listing becomes 'Please list the objects on "
                         "the image.' answered by the caption's phrases in a random order, each followed by where its object is "
-                        "('a large red circle left above and ...'), so that each phrase's tokens must find their own "
-                        f"object (default per variant {_per_variant('text.located_captions')})")
+                        "('a large red circle left above and ...'): a word only its object decides follows each phrase "
+                        f"(default per variant {_per_variant('text.located_captions')})")
     p.add_argument("--located-expressions", action=argparse.BooleanOptionalAction, default=None,
-                   help="grounded expressions say where their referent is right after their words ('the largest cross left above red large'), "
-                        f"which tells it from any look-alike (default per variant {_per_variant('text.located_expressions')})")
+                   help="grounded expressions say where their referent is right after their words ('the largest cross "
+                        "left above red large'), which tells it from look-alikes in other halves of the image "
+                        f"(default per variant {_per_variant('text.located_expressions')})")
     p.add_argument("--count-questions", type=_probability, default=None, metavar="P",
                    help="probability that a training conversation's last question becomes 'how many crosses are there?' "
                         "about a shape the scene has (the scenes' own count questions mostly answer 'zero'; "
@@ -402,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conjunction-counts", type=_probability, default=None, metavar="P",
                    help="probability that such a count question counts two attributes of a scene's object together "
                         "('how many large red objects are there?'), which no head finding the objects of one attribute "
-                        f"can answer (default per variant {_per_variant('text.conjunction_counts')})")
+                        f"gives (default per variant {_per_variant('text.conjunction_counts')})")
     p.add_argument("--referring-questions", type=_probability, default=None, metavar="P",
                    help="probability that a training conversation's first question asks what only a referring expression's "
                         "whole meaning decides ('what size is the red cross left of the blue square?'), where the scene "
