@@ -583,7 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
         task.add_argument("--run", required=True, help="the fit's run folder")
         _sam_arguments(task)
         task.add_argument("--split", default="zoom" if name == "cot" else "test",
-                          help="shapes-world split (test, edge, close, compositional, zoom: small objects on a wide canvas)")
+                          help="shapes-world split (test, edge, close, compositional, zoom: small objects on a wide canvas, "
+                               "decoy: a target among objects of its colour or its size)")
         task.add_argument("--scenes", type=_positive, default=100, help="scenes of the split")
         task.add_argument("--out", required=True, help=f"folder for {name}.parquet (per item) and {name}.json (summary)")
         if name == "reason":

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -472,6 +473,22 @@ def test_conjunction_counts_count_the_objects_with_both_attributes():
         TextRecipe(conjunction_counts=1.5)
 
 
+def test_decoy_scenes_option_draws_train_scenes_with_decoys(monkeypatch):
+    drawn = []
+    real = train.make_scene
+    monkeypatch.setattr(train, "make_scene", lambda split, i, seed, decoys=False: drawn.append(decoys) or real(split, i, seed, decoys))
+    processor = build_processor(8)
+    plain = train.lmm_batch(3, 8, 1, processor, 100, TextRecipe())
+    assert drawn == [False] * 8
+    assert all(torch.equal(plain[k], v) for k, v in train.lmm_batch(3, 8, 1, processor, 100, TextRecipe(decoy_scenes=0.0)).items())
+    drawn.clear()
+    train.lmm_batch(3, 8, 1, processor, 100, TextRecipe(decoy_scenes=1.0))
+    assert drawn == [True] * 8
+    drawn.clear()
+    train.lmm_batch(3, 64, 1, processor, 100, TextRecipe(decoy_scenes=0.5))
+    assert 16 < sum(drawn) < 48
+
+
 def test_description_mix_option_draws_like_a_patched_default(monkeypatch):
     # `--descriptions` must give exactly the texts of a run made with text.DESCRIPTIONS replaced, and change only
     # which description opens a conversation.
@@ -566,6 +583,7 @@ def test_shared_names_what_a_phrases_object_has_in_common_with_another():
             keys = organism_scores._shared(scene, named)
             for attribute in ("colour", "shape", "size"):
                 assert (attribute in keys) == any(getattr(q, attribute) == getattr(o, attribute) for q in others)
+            assert ("colour+size" in keys) == any(q.colour == o.colour and q.size == o.size for q in others)
             assert (keys == ["none"]) == all(q.colour != o.colour and q.shape != o.shape and q.size != o.size for q in others)
             seen.update(keys)
     assert seen == set(organism_scores.SHARED)
@@ -727,23 +745,18 @@ def test_shipped_models_load_offline_with_auto_classes(variant):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_shipped_models_were_trained_with_the_defaults(variant):
     # train.py says the shipped models come from its defaults, from scratch: `flmm-probe organism train`
-    # with no options reproduces their recipe (both were trained with one thread per process, as it runs).
+    # with no options reproduces their recipe.
     # Options newer than a shipped model are missing from its training.json: it was trained without them.
     meta = json.loads((WEIGHTS_DIR / variant / "training.json").read_text())
     recipe = RECIPES[variant]
-    conversations = recipe.text
     assert (meta["steps"], meta["lr"], meta["vision_steps"], meta["vision_lr_scale"], meta["seed"], meta["init"],
-            meta.get("grounded_expressions", False), meta.get("ranked_expressions", False), meta.get("relational_expressions", 0.0),
-            meta.get("rank_target", False), meta.get("shuffle_inventory", False),
-            meta.get("object_listings", 0.0), meta.get("descriptions", DESCRIPTIONS), meta.get("count_questions", 0.0),
-            meta.get("listing_leads", ["shape"]), meta.get("autocast", "float32"), meta.get("referring_questions", 0.0),
-            meta.get("referring_kinds", ["relational"]), meta.get("reasoning", 0.0), meta.get("located_captions", 0.0),
-            meta.get("located_expressions", False)) == \
-        (recipe.lmm_steps, recipe.lr, recipe.vision_steps, VISION_LR_SCALE, recipe.seed, None,
-         conversations.grounded_expressions, conversations.ranked_expressions, conversations.relational_expressions, recipe.rank_target,
-         conversations.shuffle_inventory, conversations.object_listings, conversations.descriptions, conversations.count_questions,
-         list(conversations.listing_leads), AUTOCAST, conversations.referring_questions, list(conversations.referring_kinds), conversations.reasoning,
-         conversations.located_captions, conversations.located_expressions)
+            meta.get("rank_target", False), meta.get("autocast", "float32")) == \
+        (recipe.lmm_steps, recipe.lr, recipe.vision_steps, VISION_LR_SCALE, recipe.seed, None, recipe.rank_target, AUTOCAST)
+    unsaid = TextRecipe()
+    for option in fields(TextRecipe):
+        value = getattr(recipe.text, option.name)
+        value = list(value) if isinstance(value, tuple) else value
+        assert meta.get(option.name, getattr(unsaid, option.name)) == value, option.name
 
 
 def test_shipped_sam_was_trained_with_the_defaults():

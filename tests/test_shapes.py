@@ -215,3 +215,34 @@ def test_reasoning_questions_name_an_object_no_word_of_theirs_names():
                 assert target.area > 1.3 * areas[-1] if word == "largest" else 1.3 * target.area < areas[0]
     assert kinds == {"superlative", "negation"}
     assert reasoning_questions(make_scene("train", 2).objects) == [], "one object: nothing to infer"
+
+
+@pytest.mark.parametrize("split", ["train", "decoy"])
+def test_decoy_scenes_name_the_decoys_shape_at_least_as_often_after_the_targets_colour_and_size(split):
+    checked = 0
+    for i in range(60):
+        scene = make_scene(split, i, decoys=True)
+        assert _same(scene, make_scene(split, i, decoys=True))
+        assert _same(scene, make_scene(split, i)) == (split == "decoy"), "every decoy split scene is drawn with decoys"
+        assert all((o.colour, o.shape) not in HELD_OUT_PAIRS for o in scene.objects)
+        targets = [o for o in scene.objects if sum(p.shape == o.shape for p in scene.objects) == 1]
+        assert len(targets) <= 1 and 2 <= len(scene.objects) <= 5
+        if len(scene.objects) < 3 or not targets:  # an object that did not fit was dropped
+            continue
+        checked += 1
+        target = targets[0]
+        decoys = [o for o in scene.objects if o is not target]
+        assert len({o.shape for o in decoys}) == 1
+        by_colour = [o for o in decoys if o.colour == target.colour]
+        by_size = [o for o in decoys if o.size == target.size]
+        assert by_colour and by_size and not set(map(id, by_colour)) & set(map(id, by_size))
+        assert len(by_colour) + len(by_size) == len(decoys)
+    assert checked > 50
+
+
+def test_decoy_split_is_a_dataset_spec():
+    from flmm_probe.data.sources import open_dataset
+
+    samples = list(open_dataset("shapes:decoy:4:caption"))
+    assert samples and {s.attributes["split"] for s in samples} == {"decoy"}
+    assert samples[0].text == make_scene("decoy", samples[0].attributes["index"]).caption

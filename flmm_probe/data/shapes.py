@@ -28,6 +28,10 @@ clear of the frame and of each other ("spread", the val, test and compositional 
 ("edge") or stand 1-2 px apart ("close"); the ``edge`` and ``close`` splits hold only those, and each train
 scene draws its layout from ``TRAIN_LAYOUTS``.
 
+The ``decoy`` split places a target among decoys of one other shape, some with the target's colour (other size),
+some with its size (other colours): where a phrase's map follows its colour word or its size word alone, it
+lands on a decoy as often as on the target (``make_scene(..., decoys=True)`` draws train scenes the same way).
+
 The ``zoom`` split draws 3-5 objects of the same pixel sizes on a canvas ``ZOOM`` times wider (320x320): in the
 model's 80x80 view they are ``ZOOM`` times smaller, too small to tell their shapes apart, while a crop around
 one object, resized to 80x80, shows it at the size the world is drawn at. It is the split on which a visual
@@ -63,7 +67,7 @@ FLOORS = ("striped", "checkered", "grassy")
 NUMBERS = ("zero", "one", "two", "three", "four", "five")
 # Colour-shape pairs that no train/val/test scene contains (one per shape and per colour).
 HELD_OUT_PAIRS = frozenset({("red", "triangle"), ("blue", "cross"), ("green", "diamond"), ("yellow", "circle"), ("purple", "square")})
-SPLITS = ("train", "val", "test", "compositional", "edge", "close", "zoom")
+SPLITS = ("train", "val", "test", "compositional", "edge", "close", "zoom", "decoy")
 # The canvas of the zoom split is ZOOM times wider than IMAGE_SIZE; objects keep their pixel sizes.
 ZOOM = 4
 LAYOUTS = ("spread", "edge", "close")
@@ -229,6 +233,23 @@ def _sample_objects(rng: np.random.Generator, split: str) -> list[tuple[str, str
             colour, shape = pool[int(rng.integers(len(pool)))]
         out.append((colour, shape, SIZES[int(rng.integers(2))]))
     return out
+
+
+def _decoy_objects(rng: np.random.Generator) -> list[tuple[str, str, str]]:
+    """A target and 2-4 decoys of one other shape, some with the target's colour (other size), the others with its
+    size (other colours): after a phrase's size and colour words, the shapes of the objects of that colour and of
+    the objects of that size name the decoys' shape at least as often as the target's, so only an object found by
+    both words together says which shape comes next."""
+    allowed = [p for p in ((c, s) for c in COLOURS for s in SHAPES) if p not in HELD_OUT_PAIRS]
+    colour, shape = allowed[int(rng.integers(len(allowed)))]
+    size = SIZES[int(rng.integers(2))]
+    other_size = SIZES[1 - SIZES.index(size)]
+    decoy = str(rng.choice([s for s in SHAPES if s != shape and (colour, s) in allowed]))
+    others = [c for c in COLOURS if c != colour and (c, decoy) in allowed]
+    n_colour, n_size = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    out = [(colour, shape, size)] + [(colour, decoy, other_size)] * n_colour
+    out += [(str(c), decoy, size) for c in rng.choice(others, n_size, replace=False)]
+    return [out[i] for i in rng.permutation(len(out))]
 
 
 def layout(split: str, index: int, seed: int) -> str:
@@ -469,13 +490,15 @@ def _questions(rng: np.random.Generator, objects: list[Obj]) -> list[QA]:
     return out
 
 
-def make_scene(split: str, index: int, seed: int = 0) -> Scene:
-    """The scene ``index`` of ``split``; the same arguments always give the same scene."""
+def make_scene(split: str, index: int, seed: int = 0, decoys: bool = False) -> Scene:
+    """The scene ``index`` of ``split``; the same arguments always give the same scene. ``decoys``: its objects
+    are a target and decoys (``_decoy_objects``) instead of the split's own draw, as every scene of the ``decoy``
+    split's are."""
     rng = _rng(split, index, seed)
     canvas = canvas_size(split)
     floor = FLOORS[int(rng.integers(len(FLOORS)))] if rng.random() < 0.85 else None
     img, top = _background(rng, floor, canvas)
-    specs = _sample_objects(rng, split)
+    specs = _decoy_objects(rng) if decoys or split == "decoy" else _sample_objects(rng, split)
     places = _place(rng, specs, layout(split, index, seed), canvas)
     kept = sorted(((p, s) for p, s in zip(places, specs) if not np.isnan(p[0])), key=lambda t: t[0][0])
     objects: list[Obj] = []

@@ -3,6 +3,7 @@
     open_dataset("shapes:test:200")            # shapes world, 200 scenes of the test split, RES task
     open_dataset("shapes:train:2000:mix")      # RES + PNG-style narratives (the paper's training mixture)
     open_dataset("shapes:redrawn:100:caption") # the same words over scenes drawn by other code (data.redrawn)
+    open_dataset("shapes:decoy:100:caption")   # a target among decoys that share its colour or its size
     open_dataset("refcoco:/data/refer:val")    # refcoco / refcoco+ / refcocog (umd), select_first texts
     open_dataset("refcocog:/data/refer:train:concat")
     open_dataset("png:/data/png:val")          # Panoptic Narrative Grounding

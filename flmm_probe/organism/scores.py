@@ -20,7 +20,8 @@
   ``pointing_by_word`` scores each word of the phrase on its own (article, size, colour, shape).
   ``Pointing.shared`` splits the phrases by what their object shares with another object of the scene (not a
   look-alike): a head that finds objects by one word ("all the red ones") points well only where no other
-  object shares that word's attribute.
+  object shares that word's attribute; under "colour+size", only the shape word (the phrase's last) can tell the
+  object from another.
 - ``expression_pointing``: the same for the referring expressions, read as F-LMM reads them (the bare
   expression after ``DESCRIBE``, its tokens' maps pooled as ``phrases.pool``: mean, or the last token
   alone), by kind (attribute, relational, superlative) and attribute expressions by attributes said.
@@ -227,14 +228,16 @@ def caption_maps(backbone: Backbone, scene: Scene) -> tuple[torch.Tensor, torch.
 # The words of a caption phrase, "a large red circle": the article, size, colour and shape.
 PHRASE_WORDS = ("article", "size", "colour", "shape")
 # What a phrase's object may share with another object of its scene (a look-alike shares all three).
-SHARED = ("colour", "shape", "size", "none")
+# "colour+size": another object has its colour and its size, so only the phrase's last word, the shape, tells
+# them apart: a causal model cannot know which one "a large red" starts to name.
+SHARED = ("colour", "shape", "size", "colour+size", "none")
 
 
 def _shared(scene: Scene, named: list[int]) -> list[str]:
     """The ``SHARED`` keys of a phrase naming ``named``: the attributes some other object has the same."""
     own = scene.objects[named[0]]
     others = [o for i, o in enumerate(scene.objects) if i not in named]
-    said = [a for a in SHARED[:-1] if any(getattr(o, a) == getattr(own, a) for o in others)]
+    said = [a for a in SHARED[:-1] if any(all(getattr(o, b) == getattr(own, b) for b in a.split("+")) for o in others)]
     return said or ["none"]
 
 
@@ -309,7 +312,7 @@ def expression_pointing(model: LlavaForConditionalGeneration, processor: LlavaPr
             for k in hits}
 
 
-SPLITS = ("test", "compositional", "edge", "close", REDRAWN)
+SPLITS = ("test", "compositional", "edge", "close", REDRAWN, "decoy")
 
 
 def report(path: str, n: int = 100, splits: tuple[str, ...] = SPLITS, seed: int = 0,
@@ -350,7 +353,7 @@ def report(path: str, n: int = 100, splits: tuple[str, ...] = SPLITS, seed: int 
                                              "wrong_object": float(w.wrong_object[w.best_head])}
                                       for word, w in by_word.items() if word != "phrase"},
             "n_phrases": score.n_phrases,
-            "pointing_best_by_shared": {key: {"pointing": float(hit[layer, head]), "n_phrases": n}
+            "pointing_best_by_shared": {key: {"pointing": float(hit[layer, head]) if n else None, "n_phrases": n}
                                         for key, (hit, n) in score.shared.items()},
         }
         for pooling in expression_poolings:

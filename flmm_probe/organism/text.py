@@ -192,6 +192,8 @@ class TextRecipe:
     ``reasoning``: the probability that a conversation ends with one of the scene's ``shapes.reasoning_questions``
     ("which object is the largest?" -> "the large red cross"), where it has any (0: never, and no draw is made):
     answers that name an object, which grounded applications segment.
+    ``decoy_scenes``: the probability that a training scene is drawn as a target among decoys
+    (``make_scene(..., decoys=True)``; 0: never, and no draw is made).
     """
 
     grounded_expressions: bool = False
@@ -208,6 +210,7 @@ class TextRecipe:
     referring_questions: float = 0.0
     referring_kinds: tuple[str, ...] = ("relational",)
     reasoning: float = 0.0
+    decoy_scenes: float = 0.0
 
     def __post_init__(self) -> None:
         for option in ("ranked_expressions", "located_expressions"):
@@ -215,7 +218,7 @@ class TextRecipe:
                 raise ValueError(f"{option} changes the words grounded expressions append: "
                                  "it needs grounded_expressions=True.")
         for name in ("relational_expressions", "object_listings", "located_captions", "conjunction_counts", "count_questions",
-                     "referring_questions", "reasoning"):
+                     "referring_questions", "reasoning", "decoy_scenes"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a probability between 0 and 1, not {getattr(self, name)}.")
         if not self.listing_leads or not set(self.listing_leads) <= set(LISTING_ORDERS):

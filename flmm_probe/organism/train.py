@@ -124,9 +124,13 @@ def text_recipe(variant: str, **options) -> TextRecipe:
 
 def lmm_batch(step: int, batch: int, seed: int, processor, n_image_tokens: int,
               recipe: TextRecipe | None = None) -> dict[str, torch.Tensor]:
-    """A training batch from train scenes ``step * batch ...``, texts as ``recipe`` says; pixel_values: (batch, 3, H, W)."""
+    """A training batch from train scenes ``step * batch ...`` (each drawn with decoys with probability
+    ``recipe.decoy_scenes``), texts as ``recipe`` says; pixel_values: (batch, 3, H, W)."""
     rng = np.random.default_rng([seed, step])
-    scenes = [make_scene("train", step * batch + i, seed) for i in range(batch)]
+    recipe = recipe or TextRecipe()
+    decoys = (np.random.default_rng([seed, step, 1]).random(batch) < recipe.decoy_scenes if recipe.decoy_scenes > 0
+              else np.zeros(batch, bool))
+    scenes = [make_scene("train", step * batch + i, seed, bool(d)) for i, d in enumerate(decoys)]
     samples = [encode(conversation(s, rng, recipe), processor.tokenizer, n_image_tokens) for s in scenes]
     out = collate(samples, processor.tokenizer.pad_token_id)
     out["pixel_values"] = processor.image_processor(images=[s.image for s in scenes], return_tensors="pt")["pixel_values"]
@@ -404,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="probability that such a count question counts two attributes of a scene's object together "
                         "('how many large red objects are there?'), which no head finding the objects of one attribute "
                         f"gives (default per variant {_per_variant('text.conjunction_counts')})")
+    p.add_argument("--decoy-scenes", type=_probability, default=None, metavar="P",
+                   help="probability that a training scene is a target among decoys of one other shape, some of its colour "
+                        "(other size), some of its size (other colours): after 'a large red' the objects of that colour and "
+                        "those of that size name the decoys' shape at least as often as the target's "
+                        f"(default per variant {_per_variant('text.decoy_scenes')})")
     p.add_argument("--referring-questions", type=_probability, default=None, metavar="P",
                    help="probability that a training conversation's first question asks what only a referring expression's "
                         "whole meaning decides ('what size is the red cross left of the blue square?'), where the scene "
